@@ -1,0 +1,3 @@
+from pvkd.cli import main
+
+main()

@@ -1,0 +1,28 @@
+"""The `pvkd` program: one command per pipeline stage (see dvc.yaml), plus tools."""
+
+from __future__ import annotations
+
+import typer
+
+from pvkd.console import console
+from pvkd.errors import PvkdError
+from pvkd.stages import preprocess, synth
+
+app = typer.Typer(
+    help="Point-to-Voxel Knowledge Distillation for LiDAR segmentation: the stages of the DVC pipeline.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+# each command's help is its stage function's docstring; the first line is the summary in `pvkd --help`
+app.command("synth")(synth.main)
+app.command("preprocess")(preprocess.main)
+
+
+def main() -> None:
+    """Entry point: user errors (bad data, missing files, bad params) exit 1 with one clear line."""
+    try:
+        app()
+    except (PvkdError, FileNotFoundError) as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise SystemExit(1) from None

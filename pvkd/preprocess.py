@@ -1,0 +1,288 @@
+"""Raw scans -> Parquet shards, a scan index and per-class frequency stats.
+
+Work is split into shards of ``scans_per_shard`` consecutive scans of one split; worker
+processes each write whole shards. Everything goes into a staging folder beside the output
+(shard files under temporary names, renamed when complete) and the staging folder replaces
+the output only when every shard succeeded: bad input raises a :class:`DataError` naming the
+file and leaves no output behind.
+
+Per scan: points with a non-finite value are dropped with their labels (counted in the
+index and the summary); points outside the grid range are kept and binned into the border
+cells (see :mod:`pvkd.grid`). Stats count, per split x distance band x class, the points
+and the voxels; a voxel's class is the majority label of its labelled points (ties to the
+smaller id) and its band is that of the mean 3D range of its points.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import shutil
+from collections.abc import Callable
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pvkd.datasets import DataError, Dataset, ScanRecord
+from pvkd.grid import Grid
+from pvkd.shards import COMPRESSION, INDEX_SCHEMA, SHARD_SCHEMA, Scan, scan_table
+
+
+@dataclass(frozen=True)
+class ScanStats:
+    points: np.ndarray  # (bands, classes) int64
+    voxels: np.ndarray  # (bands, classes) int64
+    dropped: int
+    outside_grid: int
+
+
+def band_labels(edges: list[float]) -> list[str]:
+    """Names of the distance bands: ``[0, 10, 20]`` -> ``['0-10', '10-20', '20+']``."""
+    return [f"{a:g}-{b:g}" for a, b in zip(edges[:-1], edges[1:])] + [f"{edges[-1]:g}+"]
+
+
+def band_of(distance: np.ndarray, edges: list[float]) -> np.ndarray:
+    """Band index of each distance: band i holds ``edges[i] <= d < edges[i+1]``; the last is open."""
+    return np.searchsorted(np.asarray(edges[1:], dtype=distance.dtype), distance, side="right")
+
+
+def voxel_majority(voxel: np.ndarray, label: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Unique voxel ids and the majority label of each (ties -> smaller id), from one sort.
+
+    Only pass labelled points (label > 0): ignored points do not vote.
+    """
+    keys, counts = np.unique(voxel.astype(np.int64) * num_classes + label, return_counts=True)
+    vox, lab = np.divmod(keys, num_classes)
+    # within each voxel, the largest count first; stable sort keeps the smaller label on ties
+    order = np.lexsort((-counts, vox))
+    vox, lab = vox[order], lab[order]
+    first = np.r_[True, vox[1:] != vox[:-1]]
+    return vox[first], lab[first]
+
+
+def process_scan(
+    points: np.ndarray,
+    labels: np.ndarray | None,
+    grid: Grid,
+    band_edges: list[float],
+    num_classes: int,
+) -> tuple[Scan, ScanStats]:
+    """One scan's shard rows and stats. ``points`` (N, 4) float32; ``labels`` (N,) uint8 or None."""
+    finite = np.isfinite(points).all(axis=1)
+    point_index = np.flatnonzero(finite).astype(np.uint32)
+    points = points[finite]
+    labels = np.zeros(len(points), np.uint8) if labels is None else labels[finite]
+    xyz = points[:, :3]
+
+    coords = grid.to_grid_coords(xyz)
+    cell = grid.cell_of(coords)
+    lo, hi = np.asarray(grid.min_bound, np.float32), np.asarray(grid.max_bound, np.float32)
+    outside = int(((coords < lo) | (coords > hi)).any(axis=1).sum())
+
+    num_bands = len(band_edges)
+    distance = np.linalg.norm(xyz, axis=1)
+    band = band_of(distance, band_edges)
+    point_counts = np.bincount(band * num_classes + labels, minlength=num_bands * num_classes)
+
+    labelled = labels > 0
+    voxel = grid.linear_index(cell)
+    vox_ids, vox_labels = voxel_majority(voxel[labelled], labels[labelled], num_classes)
+    # mean range of each labelled voxel's points -> its band
+    slot = np.searchsorted(vox_ids, voxel[labelled])
+    mean_dist = np.bincount(slot, weights=distance[labelled], minlength=len(vox_ids)) / np.bincount(
+        slot, minlength=len(vox_ids)
+    )
+    voxel_counts = np.bincount(
+        band_of(mean_dist, band_edges) * num_classes + vox_labels, minlength=num_bands * num_classes
+    )
+
+    scan = Scan(
+        xyz=np.ascontiguousarray(xyz),
+        intensity=np.ascontiguousarray(points[:, 3]),
+        label=labels,
+        cell=cell.astype(np.int16),
+        point_index=point_index,
+    )
+    stats = ScanStats(
+        points=point_counts.reshape(num_bands, num_classes),
+        voxels=voxel_counts.reshape(num_bands, num_classes),
+        dropped=int((~finite).sum()),
+        outside_grid=outside,
+    )
+    return scan, stats
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    split: str
+    name: str  # relative path of the shard in the output folder
+    records: tuple[ScanRecord, ...]
+
+
+def write_shard(
+    job: ShardJob, dataset: Dataset, grid: Grid, band_edges: list[float], staging: Path
+) -> tuple[list[dict], np.ndarray, np.ndarray]:
+    """Process the scans of one shard and write it; returns index rows and summed stats."""
+    num_classes = len(dataset.class_names)
+    final = staging / job.name
+    tmp = final.with_name(final.name + ".tmp")
+    rows, points, voxels = [], 0, 0
+    with pq.ParquetWriter(tmp, SHARD_SCHEMA, compression=COMPRESSION) as writer:
+        for rg, rec in enumerate(job.records):
+            raw_points, raw_labels = dataset.load(rec)
+            scan, stats = process_scan(raw_points, raw_labels, grid, band_edges, num_classes)
+            writer.write_table(scan_table(scan), row_group_size=max(len(scan.label), 1))
+            points, voxels = points + stats.points, voxels + stats.voxels
+            rows.append(
+                dict(
+                    scan_id=rec.scan_id, split=rec.split, sequence=rec.sequence, frame=rec.frame,
+                    token=rec.token, shard=job.name, row_group=rg, num_points=len(scan.label),
+                    num_source_points=len(raw_points), num_dropped=stats.dropped,
+                    num_outside_grid=stats.outside_grid, source_path=rec.points_path,
+                )
+            )
+    tmp.rename(final)
+    return rows, points, voxels
+
+
+def _run_job(args):
+    return write_shard(*args)
+
+
+def plan_shards(dataset: Dataset, splits: list[str], scans_per_shard: int) -> list[ShardJob]:
+    jobs = []
+    for split in splits:
+        records = dataset.scans(split)
+        for n, start in enumerate(range(0, len(records), scans_per_shard)):
+            chunk = tuple(records[start : start + scans_per_shard])
+            jobs.append(ShardJob(split, f"shards/{split}-{n:05d}.parquet", chunk))
+    return jobs
+
+
+def files_hash(paths: list[Path]) -> str:
+    """sha256 over the bytes of ``paths`` in order: identifies exactly which shards a model saw."""
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def preprocess(
+    dataset: Dataset,
+    grid: Grid,
+    out: Path,
+    splits: list[str],
+    band_edges: list[float],
+    scans_per_shard: int = 32,
+    workers: int = 1,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict:
+    """Write the processed folder ``out`` (replacing it only on success); returns the summary."""
+    out = Path(out)
+    jobs = plan_shards(dataset, splits, scans_per_shard)
+    total_scans = sum(len(j.records) for j in jobs)
+    if total_scans == 0:
+        raise DataError(f"no scans found for splits {splits} under the dataset root; check data.root and data.splits")
+    staging = out.with_name(out.name + ".staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    (staging / "shards").mkdir(parents=True)
+    num_classes = len(dataset.class_names)
+    try:
+        results = _run_jobs(jobs, dataset, grid, band_edges, staging, workers, progress, total_scans)
+        index_rows = [row for rows, _, _ in results for row in rows]
+        pq.write_table(pa.Table.from_pylist(index_rows, schema=INDEX_SCHEMA), staging / "index.parquet")
+        counts = {split: [0, 0] for split in splits}  # split -> [point counts, voxel counts]
+        for job, (_, points, voxels) in zip(jobs, results):
+            counts[job.split][0] += points
+            counts[job.split][1] += voxels
+        stats = _stats_table(counts, band_edges, dataset.class_names)
+        pq.write_table(pa.Table.from_pandas(stats, preserve_index=False), staging / "stats.parquet")
+        index = pd.DataFrame(index_rows)
+        summary = {
+            split: {
+                "scans": int((index.split == split).sum()),
+                "points": int(index.num_points[index.split == split].sum()),
+                "dropped_nonfinite": int(index.num_dropped[index.split == split].sum()),
+                "outside_grid": int(index.num_outside_grid[index.split == split].sum()),
+            }
+            for split in splits
+        }
+        meta = {
+            "dataset": dataset.name,
+            "class_names": list(dataset.class_names),
+            "num_classes": num_classes,
+            "grid": asdict(grid),
+            "distance_bands": band_labels(band_edges),
+            "band_edges": list(band_edges),
+            "splits": summary,
+            "shards_hash": files_hash([staging / j.name for j in jobs]),
+        }
+        (staging / "meta.json").write_text(json.dumps(meta, indent=2))
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    shutil.rmtree(out, ignore_errors=True)
+    staging.rename(out)
+    return meta
+
+
+def _run_jobs(jobs, dataset, grid, band_edges, staging, workers, progress, total_scans):
+    done = 0
+    if workers <= 1:
+        results = []
+        for job in jobs:
+            results.append(write_shard(job, dataset, grid, band_edges, staging))
+            done += len(job.records)
+            if progress:
+                progress(done, total_scans)
+        return results
+    # spawn: a forked child could inherit locks held by the progress bar's thread
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        futures = {pool.submit(_run_job, (job, dataset, grid, band_edges, staging)): i for i, job in enumerate(jobs)}
+        results = [None] * len(jobs)
+        pending = set(futures)
+        while pending:
+            finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            for fut in finished:
+                if fut.exception() is not None:
+                    for other in pending:
+                        other.cancel()
+                    raise fut.exception()
+                results[futures[fut]] = fut.result()
+                done += len(jobs[futures[fut]].records)
+                if progress:
+                    progress(done, total_scans)
+        return results
+
+
+def _stats_table(counts: dict, band_edges: list[float], class_names) -> pd.DataFrame:
+    """Long table: one row per split x band x class with its point and voxel counts."""
+    bands = band_labels(band_edges)
+    shape = (len(bands), len(class_names))
+    band_idx, class_idx = (a.ravel() for a in np.indices(shape))
+    return pd.concat(
+        [
+            pd.DataFrame(
+                {
+                    "split": split,
+                    "band": np.asarray(bands)[band_idx],
+                    "band_index": band_idx.astype(np.int32),
+                    "class_id": class_idx.astype(np.int32),
+                    "class_name": np.asarray(class_names)[class_idx],
+                    "points": np.broadcast_to(points, shape).ravel(),
+                    "voxels": np.broadcast_to(voxels, shape).ravel(),
+                }
+            )
+            for split, (points, voxels) in counts.items()
+        ],
+        ignore_index=True,
+    )

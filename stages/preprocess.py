@@ -1,0 +1,54 @@
+"""Stage `preprocess`: raw scans -> Parquet shards, scan index, per-class frequency stats."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from pvkd.console import console, progress_bar
+from pvkd.datasets import open_dataset
+from pvkd.grid import grid_from_params
+from pvkd.params import load_params
+from pvkd.preprocess import preprocess
+
+
+def main(
+    params: Path = typer.Option(Path("params.yaml"), help="Params file; reads its data, grid and preprocess sections."),
+    root: Path = typer.Option(None, help="Dataset root; overrides data.root (a SemanticKITTI or nuScenes tree)."),
+    out: Path = typer.Option(Path("data/processed"), help="Output folder; replaced only when every shard succeeded."),
+    metrics: Path = typer.Option(Path("metrics/preprocess.json"), help="Summary per split (scans, points, drops)."),
+    workers: int = typer.Option(None, help="Worker processes; overrides preprocess.workers."),
+) -> None:
+    """Voxelize raw scans into Parquet shards with per-class frequency stats.
+
+    Writes OUT/shards/<split>-NNNNN.parquet (x, y, z, intensity, label, cell_0..2,
+    point_index), OUT/index.parquet (one row per scan), OUT/stats.parquet (point and voxel
+    counts per split x distance band x class) and OUT/meta.json (grid, classes, shards' hash).
+    Non-finite points are dropped and counted; points outside the grid go to border cells.
+    """
+    p = load_params(params)
+    data, cfg = dict(p["data"]), p["preprocess"]
+    if root is not None:
+        data["root"] = str(root)
+    dataset = open_dataset(data)
+    grid = grid_from_params(p["grid"])
+    with progress_bar(f"preprocess {dataset.name}") as report:
+        meta = preprocess(
+            dataset,
+            grid,
+            out,
+            splits=list(cfg["splits"]),
+            band_edges=[float(e) for e in cfg["distance_bands"]],
+            scans_per_shard=int(cfg["scans_per_shard"]),
+            workers=int(workers if workers is not None else cfg["workers"]),
+            progress=report,
+        )
+    metrics.parent.mkdir(parents=True, exist_ok=True)
+    metrics.write_text(json.dumps(meta["splits"], indent=2))
+    for split, s in meta["splits"].items():
+        console.print(
+            f"{split}: {s['scans']} scans, {s['points']:,} points, {s['dropped_nonfinite']} non-finite dropped, "
+            f"{s['outside_grid']:,} outside the grid (binned to border cells)"
+        )

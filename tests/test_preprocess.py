@@ -1,0 +1,151 @@
+from collections import Counter
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from pvkd.datasets import DataError
+from pvkd.datasets.semantickitti import SemanticKITTI
+from pvkd.grid import Grid
+from pvkd.labels import SEMANTICKITTI_LEARNING_MAP
+from pvkd.preprocess import band_of, preprocess
+from pvkd.shards import ProcessedData
+
+from kitti_tree import write_tree
+
+GRID = Grid("cylinder", (48, 36, 8), (0.0, -np.pi, -4.0), (50.0, np.pi, 2.0))
+BANDS = [0.0, 10.0, 20.0, 30.0, 40.0, 50.0]
+SPLITS = {"train": ["00", "01"], "val": ["08"]}
+
+
+def run(root, out, workers=1, scans_per_shard=2):
+    ds = SemanticKITTI(root, splits=SPLITS)
+    return preprocess(ds, GRID, out, ["train", "val"], BANDS, scans_per_shard=scans_per_shard, workers=workers)
+
+
+@pytest.fixture
+def processed(tmp_path):
+    scans = write_tree(tmp_path / "raw", {"00": 3, "01": 1, "08": 2})
+    nan_scan = tmp_path / "raw/sequences/01/velodyne/000000.bin"
+    pts = np.fromfile(nan_scan, np.float32).reshape(-1, 4)
+    pts[[5, 9], 0] = np.nan
+    pts[11, 3] = np.inf
+    pts.tofile(nan_scan)
+    scans["01"][0] = (pts, scans["01"][0][1])
+    meta = run(tmp_path / "raw", tmp_path / "processed")
+    return scans, ProcessedData(tmp_path / "processed"), meta
+
+
+def expected_rows(points, raw):
+    finite = np.isfinite(points).all(1)
+    labels = np.array([SEMANTICKITTI_LEARNING_MAP[int(r) & 0xFFFF] for r in raw])
+    return points[finite], labels[finite], np.flatnonzero(finite)
+
+
+def test_round_trip_is_exact(processed):
+    scans, data, _ = processed
+    for _, row in data.index.iterrows():
+        seq, frame = row.scan_id.split("/")
+        points, labels, kept = expected_rows(*scans[seq][int(frame)])
+        scan = data.read(row)
+        np.testing.assert_array_equal(scan.xyz, points[:, :3])
+        np.testing.assert_array_equal(scan.intensity, points[:, 3])
+        np.testing.assert_array_equal(scan.label, labels)
+        np.testing.assert_array_equal(scan.point_index, kept)
+        np.testing.assert_array_equal(scan.cell, GRID.cell_of(GRID.to_grid_coords(points[:, :3])))
+
+
+def test_one_row_group_per_scan_and_index(processed):
+    _, data, meta = processed
+    idx = data.index
+    assert idx.scan_id.tolist() == ["00/000000", "00/000001", "00/000002", "01/000000", "08/000000", "08/000001"]
+    assert idx.shard.tolist() == ["shards/train-00000.parquet"] * 2 + ["shards/train-00001.parquet"] * 2 + [
+        "shards/val-00000.parquet"
+    ] * 2
+    for shard, rows in idx.groupby("shard"):
+        f = pq.ParquetFile(data.root / shard)
+        assert f.metadata.num_row_groups == len(rows)
+        assert f.metadata.row_group(0).column(0).compression == "ZSTD"
+        for _, r in rows.iterrows():
+            assert f.metadata.row_group(r.row_group).num_rows == r.num_points
+    assert idx.num_dropped.tolist() == [0, 0, 0, 3, 0, 0]
+    assert meta["splits"]["train"]["dropped_nonfinite"] == 3
+    assert (idx.num_points == idx.num_source_points - idx.num_dropped).all()
+    assert not list(data.root.parent.glob("*.staging")) and not list(data.root.rglob("*.tmp"))
+
+
+def test_stats_equal_independent_counts(processed):
+    scans, data, _ = processed
+    stats = data.stats.set_index(["split", "band_index", "class_id"])
+    for split, seqs in SPLITS.items():
+        points_count = np.zeros((6, 20), int)
+        voxel_count = np.zeros((6, 20), int)
+        for seq in seqs:
+            for raw_points, raw in scans[seq]:
+                pts, labels, _ = expected_rows(raw_points, raw)
+                dist = np.sqrt((pts[:, :3].astype(np.float64) ** 2).sum(1))
+                band = np.array([sum(d >= e for e in BANDS[1:]) for d in dist])
+                for b, c in zip(band, labels):
+                    points_count[b, c] += 1
+                cells = GRID.cell_of(GRID.to_grid_coords(pts[:, :3]))
+                votes, dists = {}, {}
+                for cell, c, d in zip(map(tuple, cells), labels, dist):
+                    if c:
+                        votes.setdefault(cell, Counter())[c] += 1
+                        dists.setdefault(cell, []).append(d)
+                for cell, counter in votes.items():
+                    top = max(counter.values())
+                    winner = min(c for c, n in counter.items() if n == top)
+                    voxel_count[sum(np.mean(dists[cell]) >= e for e in BANDS[1:]), winner] += 1
+        got = stats.loc[split]
+        np.testing.assert_array_equal(got["points"].to_numpy().reshape(6, 20), points_count)
+        np.testing.assert_array_equal(got["voxels"].to_numpy().reshape(6, 20), voxel_count)
+
+
+def test_band_edges_are_half_open():
+    d = np.array([0.0, 9.999, 10.0, 49.9, 50.0, 80.0])
+    assert band_of(d, BANDS).tolist() == [0, 0, 1, 4, 5, 5]
+
+
+def test_parallel_workers_write_identical_shards(tmp_path, processed):
+    _, data, meta = processed
+    meta2 = run(data.root.parent / "raw", tmp_path / "parallel", workers=2)
+    assert meta2["shards_hash"] == meta["shards_hash"]
+
+
+@pytest.mark.parametrize(
+    "corrupt, message",
+    [
+        (lambda r: _truncate(r / "sequences/08/velodyne/000001.bin", 5), "000001.bin: size"),
+        (lambda r: _truncate(r / "sequences/08/labels/000001.label", 4), "000001.label: 500 labels"),
+        (lambda r: _set_label(r / "sequences/00/labels/000002.label", 77), r"raw label id\(s\) \[77\]"),
+    ],
+)
+def test_bad_input_leaves_no_output(tmp_path, corrupt, message):
+    write_tree(tmp_path / "raw", {"00": 3, "01": 1, "08": 2})
+    corrupt(tmp_path / "raw")
+    out = tmp_path / "processed"
+    for workers in (1, 2):
+        with pytest.raises(DataError, match=message):
+            run(tmp_path / "raw", out, workers=workers)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]
+
+
+def test_failed_run_keeps_the_previous_output(tmp_path):
+    write_tree(tmp_path / "raw", {"00": 1, "01": 1, "08": 1})
+    out = tmp_path / "processed"
+    meta = run(tmp_path / "raw", out)
+    _truncate(tmp_path / "raw/sequences/08/velodyne/000000.bin", 1)
+    with pytest.raises(DataError):
+        run(tmp_path / "raw", out)
+    assert ProcessedData(out).meta["shards_hash"] == meta["shards_hash"]
+
+
+def _truncate(path, nbytes):
+    path.write_bytes(path.read_bytes()[:-nbytes])
+
+
+def _set_label(path, raw_id):
+    raw = np.fromfile(path, np.uint32)
+    raw[10] = raw_id
+    raw.tofile(path)
