@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import typer
+from rich.markup import escape
 
 from pvkd.console import console
 from pvkd.errors import PvkdError
-from pvkd.stages import preprocess, synth
+from pvkd.stages import model_info, preprocess, synth
 
 app = typer.Typer(
     help="Point-to-Voxel Knowledge Distillation for LiDAR segmentation: the stages of the DVC pipeline.",
@@ -17,6 +18,7 @@ app = typer.Typer(
 # each command's help is its stage function's docstring; the first line is the summary in `pvkd --help`
 app.command("synth")(synth.main)
 app.command("preprocess")(preprocess.main)
+app.command("model-info")(model_info.main)
 
 
 def main() -> None:
@@ -24,5 +26,5 @@ def main() -> None:
     try:
         app()
     except (PvkdError, FileNotFoundError) as err:
-        console.print(f"[red]error:[/red] {err}")
+        console.print(f"[red]error:[/red] {escape(str(err))}", soft_wrap=True, highlight=False)
         raise SystemExit(1) from None
