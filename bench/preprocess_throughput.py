@@ -37,7 +37,7 @@ from pvkd.datasets.semantickitti import SemanticKITTI
 from pvkd.grid import Grid
 from pvkd.labels import SEMANTICKITTI_LEARNING_MAP
 from pvkd.preprocess import process_scan
-from pvkd.shards import COMPRESSION, SHARD_SCHEMA, scan_table
+from pvkd.shards import SHARD_SCHEMA, WRITE_OPTIONS, scan_table
 
 FULL_GRID = Grid("cylinder", (480, 360, 32), (0.0, -np.pi, -4.0), (50.0, np.pi, 2.0))
 BANDS = [0.0, 10.0, 20.0, 30.0, 40.0, 50.0]
@@ -134,7 +134,7 @@ def main() -> None:
         dataset = SemanticKITTI(root, splits={"train": ["00"]})
         records = dataset.scans("train")
         points = [dataset.load(r)[0].shape[0] for r in records]
-        with pq.ParquetWriter(Path(tmp) / "bench.parquet", SHARD_SCHEMA, compression=COMPRESSION) as writer:
+        with pq.ParquetWriter(Path(tmp) / "bench.parquet", SHARD_SCHEMA, **WRITE_OPTIONS) as writer:
             pvkd_prepare(dataset, records[0], writer)  # warm-up (imports, allocator)
             ours = timed(lambda r: pvkd_prepare(dataset, r, writer), records)
         loop = timed(lambda r: cylinder3d_prepare(r.points_path, r.labels_path), records)

@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from pvkd.datasets import DataError, Dataset, ScanRecord
 from pvkd.grid import Grid
-from pvkd.shards import COMPRESSION, INDEX_SCHEMA, SHARD_SCHEMA, Scan, scan_table
+from pvkd.shards import INDEX_SCHEMA, SHARD_SCHEMA, WRITE_OPTIONS, Scan, scan_table
 
 
 @dataclass(frozen=True)
@@ -53,17 +53,22 @@ def band_of(distance: np.ndarray, edges: list[float]) -> np.ndarray:
 
 
 def voxel_majority(voxel: np.ndarray, label: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Unique voxel ids and the majority label of each (ties -> smaller id), from one sort.
+    """Majority label of each voxel (ties -> smaller id), and each point's voxel slot, from one sort.
 
-    Only pass labelled points (label > 0): ignored points do not vote.
+    Returns ``(labels, slot)``: ``labels[v]`` for the ``v``-th distinct voxel in increasing id
+    order, ``slot[i]`` the ``v`` of point ``i``. Pass labelled points only: 0 does not vote.
     """
-    keys, counts = np.unique(voxel.astype(np.int64) * num_classes + label, return_counts=True)
+    keys, inverse, counts = np.unique(
+        voxel.astype(np.int64) * num_classes + label, return_inverse=True, return_counts=True
+    )
     vox, lab = np.divmod(keys, num_classes)
-    # within each voxel, the largest count first; stable sort keeps the smaller label on ties
-    order = np.lexsort((-counts, vox))
-    vox, lab = vox[order], lab[order]
-    first = np.r_[True, vox[1:] != vox[:-1]]
-    return vox[first], lab[first]
+    starts = np.flatnonzero(np.r_[True, vox[1:] != vox[:-1]])  # keys are sorted: voxels are runs
+    slot_of_key = np.cumsum(np.r_[False, vox[1:] != vox[:-1]])
+    best = np.maximum.reduceat(counts, starts)
+    # within a run labels ascend, so the first key reaching the best count is the smallest winner
+    winners = np.flatnonzero(counts == best[slot_of_key])
+    first_winner = winners[np.r_[True, slot_of_key[winners][1:] != slot_of_key[winners][:-1]]]
+    return lab[first_winner], slot_of_key[inverse.ravel()]
 
 
 def process_scan(
@@ -92,12 +97,9 @@ def process_scan(
 
     labelled = labels > 0
     voxel = grid.linear_index(cell)
-    vox_ids, vox_labels = voxel_majority(voxel[labelled], labels[labelled], num_classes)
+    vox_labels, slot = voxel_majority(voxel[labelled], labels[labelled], num_classes)
     # mean range of each labelled voxel's points -> its band
-    slot = np.searchsorted(vox_ids, voxel[labelled])
-    mean_dist = np.bincount(slot, weights=distance[labelled], minlength=len(vox_ids)) / np.bincount(
-        slot, minlength=len(vox_ids)
-    )
+    mean_dist = np.bincount(slot, weights=distance[labelled]) / np.bincount(slot)
     voxel_counts = np.bincount(
         band_of(mean_dist, band_edges) * num_classes + vox_labels, minlength=num_bands * num_classes
     )
@@ -133,7 +135,7 @@ def write_shard(
     final = staging / job.name
     tmp = final.with_name(final.name + ".tmp")
     rows, points, voxels = [], 0, 0
-    with pq.ParquetWriter(tmp, SHARD_SCHEMA, compression=COMPRESSION) as writer:
+    with pq.ParquetWriter(tmp, SHARD_SCHEMA, **WRITE_OPTIONS) as writer:
         for rg, rec in enumerate(job.records):
             raw_points, raw_labels = dataset.load(rec)
             scan, stats = process_scan(raw_points, raw_labels, grid, band_edges, num_classes)

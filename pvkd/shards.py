@@ -53,7 +53,13 @@ INDEX_SCHEMA = pa.schema(
         ("source_path", pa.string()),
     ]
 )
-COMPRESSION = "zstd"
+# zstd without dictionaries (float coordinates never fit one; trying costs 3x the write time),
+# floats byte-stream-split so zstd sees their exponents together: ~15 bytes per point
+WRITE_OPTIONS = dict(
+    compression="zstd",
+    use_dictionary=False,
+    column_encoding={name: "BYTE_STREAM_SPLIT" for name in ("x", "y", "z", "intensity")},
+)
 
 
 @dataclass
