@@ -8,7 +8,8 @@ from contextlib import contextmanager
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-console = Console(stderr=True)
+# soft wrap: long lines (paths, tables) stay whole when the output goes to a log file
+console = Console(stderr=True, soft_wrap=True)
 
 
 @contextmanager

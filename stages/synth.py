@@ -24,7 +24,7 @@ def main(
     as SemanticKITTI lays them out, deterministically from synth.seed, and prints how the
     data compares with SemanticKITTI (class shares, points per scan, range fall-off).
     """
-    from pvkd.synth import SynthConfig, generate, realism_report
+    from pvkd.synth import SynthConfig, generate, realism_checks, realism_report
 
     try:
         cfg = SynthConfig.from_dict(load_params(params, "synth"))
@@ -34,4 +34,4 @@ def main(
         summary = generate(out, cfg, progress=report)
     console.print(realism_report(summary))
     metrics.parent.mkdir(parents=True, exist_ok=True)
-    metrics.write_text(json.dumps(summary, indent=2, default=float))
+    metrics.write_text(json.dumps({**summary, "checks": realism_checks(summary)}, indent=2, default=float))
