@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-import torch
 import yaml
 from typer.testing import CliRunner
 
@@ -15,14 +13,6 @@ from kitti_tree import write_tree
 
 runner = CliRunner()
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors gain nothing from threads, and spinning OpenMP threads crawl on a shared, busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_params(tmp_path, root=None):

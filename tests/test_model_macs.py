@@ -18,14 +18,6 @@ from pvkd.models.macs import count_macs, synthetic_scan
 TOY_CELLS = [(0, 0, 0), (0, 0, 1), (0, 1, 1), (2, 2, 2)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors gain nothing from threads, and spinning OpenMP threads crawl on a shared, busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 class OneLayer(nn.Module):
     def __init__(self, conv: nn.Module):

@@ -23,14 +23,6 @@ GRID_PARAMS = {
 ARCHS = ["cylinder3d", "minkunet", "spvcnn"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors gain nothing from threads, and spinning OpenMP threads crawl on a shared, busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def tiny_model(arch: str, width: int = 4, **options):
     torch.manual_seed(0)
