@@ -7,7 +7,7 @@ from rich.markup import escape
 
 from pvkd.console import console
 from pvkd.errors import PvkdError
-from pvkd.stages import model_info, preprocess, synth
+from pvkd.stages import model_info, preprocess, synth, teacher_train
 
 app = typer.Typer(
     help="Point-to-Voxel Knowledge Distillation for LiDAR segmentation: the stages of the DVC pipeline.",
@@ -19,6 +19,7 @@ app = typer.Typer(
 app.command("synth")(synth.main)
 app.command("preprocess")(preprocess.main)
 app.command("model-info")(model_info.main)
+app.command("teacher-train")(teacher_train.main)
 
 
 def main() -> None:
@@ -26,5 +27,5 @@ def main() -> None:
     try:
         app()
     except (PvkdError, FileNotFoundError) as err:
-        console.print(f"[red]error:[/red] {escape(str(err))}", soft_wrap=True, highlight=False)
+        console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False)
         raise SystemExit(1) from None

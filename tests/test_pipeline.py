@@ -1,7 +1,8 @@
 """`dvc repro` end to end on a tiny profile, in a throw-away git repository.
 
-Asserts on DVC's own output: the first repro runs synth and preprocess, the second does
-nothing, and `dvc exp run -S synth.seed=1` regenerates and reprocesses.
+Asserts on DVC's own output: the first repro runs synth, preprocess and teacher-train (a width-2
+teacher, two steps), the second does nothing, and `dvc exp run -S synth.seed=1` regenerates,
+reprocesses and retrains.
 """
 
 import json
@@ -12,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,6 +38,10 @@ def repo(tmp_path):
     params["synth"].update(sequences={"train": ["00"], "val": ["08"]}, scans_per_sequence=2, workers=1)
     params["data"]["splits"] = {"train": ["00"], "val": ["08"]}
     params["preprocess"]["workers"] = 1
+    params["teacher"]["model"]["width"] = 2
+    params["teacher"]["train"] = {"epochs": 1}
+    params["train"].update(batch_size=1, val_every=0, checkpoint_every=0, workers=0, threads=1, processes=1,
+                           device="cpu")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     (tmp_path / ".gitignore").write_text("__pycache__/\n")
     sh("git", "init", "-q", cwd=tmp_path)
@@ -46,9 +52,12 @@ def repo(tmp_path):
 
 def test_repro_then_noop_then_experiment(repo):
     first = sh("dvc", "repro", cwd=repo)
-    assert "Running stage 'synth'" in first and "Running stage 'preprocess'" in first
+    assert all(f"Running stage '{stage}'" in first for stage in ("synth", "preprocess", "teacher-train"))
     meta = json.loads((repo / "data/processed/meta.json").read_text())
     assert meta["splits"]["train"]["scans"] == 2 and meta["splits"]["val"]["scans"] == 2
+    teacher = torch.load(repo / "models/teacher.pt", weights_only=True)
+    assert teacher["shards_hash"] == meta["shards_hash"] and teacher["step"] == 2
+    assert "dvclive/teacher/metrics.json" in sh("dvc", "metrics", "show", cwd=repo)
 
     again = sh("dvc", "repro", cwd=repo)
     assert "Running stage" not in again
@@ -57,5 +66,5 @@ def test_repro_then_noop_then_experiment(repo):
     sh("git", "add", "-A", cwd=repo)
     sh("git", "commit", "-qm", "lock", cwd=repo)
     exp = sh("dvc", "exp", "run", "-S", "synth.seed=1", cwd=repo)
-    assert "Running stage 'synth'" in exp and "Running stage 'preprocess'" in exp
+    assert all(f"Running stage '{stage}'" in exp for stage in ("synth", "preprocess", "teacher-train"))
     assert json.loads((repo / "data/processed/meta.json").read_text())["shards_hash"] != meta["shards_hash"]

@@ -1,0 +1,145 @@
+"""The training recipe: the ``train`` section of params.yaml as typed, validated dataclasses.
+
+params.yaml is the one place the values live: every key must be there (a missing or unknown key
+is an error naming it), so there are no defaults here to drift out of step with the file.
+A model section may override any of them (``teacher.train``, merged over ``train``).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, fields
+from typing import Any
+
+from pvkd.errors import ParamsError
+
+SCHEDULES = ("onecycle", "cosine")
+AMP_MODES = ("fp16", "bf16", "off")
+KEEP = ("best", "last")
+# keys that change how a run is executed but not what it computes: a run may resume across them
+RUNTIME_KEYS = ("workers", "threads", "log_every", "val_batch_size", "processes", "device")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Cylinder3D's training augmentation (see :mod:`pvkd.train.augment`)."""
+
+    rotation_deg: float  # uniform rotation about z within +-rotation_deg
+    flip_x: bool  # negate x with probability 1/2
+    flip_y: bool  # negate y with probability 1/2
+    scale: tuple[float, float]  # one uniform factor for x and y
+    translate_std: float  # N(0, std) metres added to x, y and z (one offset per scan)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Weights of the segmentation loss terms (see :mod:`pvkd.train.losses`)."""
+
+    voxel_ce: float
+    voxel_lovasz: float
+    point_ce: float
+    class_weight_power: float  # CE class weights = frequency ** -power (train-split stats); 0 = unweighted
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int
+    epochs: int
+    batch_size: int  # scans per step and process: the global batch is batch_size x processes
+    lr: float  # peak learning rate
+    weight_decay: float  # AdamW, on weight matrices and kernels only (not on biases and norms)
+    schedule: str  # onecycle | cosine
+    warmup_fraction: float  # share of the steps spent warming up
+    grad_clip: float  # max global gradient norm; 0 = no clipping
+    amp: str  # CUDA mixed precision: fp16 | bf16 | off (ignored on the CPU)
+    loss: LossConfig
+    augment: AugmentConfig
+    val_every: int  # steps between validations (always one at the end); 0 = only at the end
+    val_batch_size: int
+    checkpoint_every: int  # steps between resumable checkpoints (also at every validation and the end)
+    log_every: int  # steps between logged training points
+    keep: str  # the checkpoint exported as the model: best (val mIoU) | last
+    workers: int  # data-loader processes per training process; 0 = load in the training process
+    threads: int  # CPU threads per training process; 0 = the machine's cores / local processes - workers
+    device: str  # auto | cpu | cuda
+    processes: int | str  # training processes on this machine; auto = one per GPU (1 on the CPU)
+    sync_batchnorm: bool  # SyncBatchNorm across processes (CUDA only)
+
+    @classmethod
+    def from_dict(cls, section: dict[str, Any], where: str = "train") -> TrainConfig:
+        values = _typed(cls, section, where)
+        values["loss"] = LossConfig(**_typed(LossConfig, section["loss"], f"{where}.loss"))
+        augment = _typed(AugmentConfig, section["augment"], f"{where}.augment")
+        augment["scale"] = tuple(float(s) for s in augment["scale"])
+        values["augment"] = AugmentConfig(**augment)
+        cfg = cls(**values)
+        cfg.validate(where)
+        return cfg
+
+    def validate(self, where: str) -> None:
+        problems = []
+        for name in ("epochs", "batch_size", "val_batch_size", "log_every"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1")
+        for name in ("val_every", "checkpoint_every", "workers", "threads"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0")
+        if self.schedule not in SCHEDULES:
+            problems.append(f"schedule must be one of {SCHEDULES}")
+        if self.amp not in AMP_MODES:
+            problems.append(f"amp must be one of {AMP_MODES}")
+        if self.keep not in KEEP:
+            problems.append(f"keep must be one of {KEEP}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            problems.append("device must be auto, cpu or cuda")
+        if self.processes != "auto" and not (isinstance(self.processes, int) and self.processes >= 1):
+            problems.append("processes must be auto or an integer >= 1")
+        if not 0 <= self.warmup_fraction < 1:
+            problems.append("warmup_fraction must be in [0, 1)")
+        lo, hi = self.augment.scale
+        if not 0 < lo <= hi:
+            problems.append("augment.scale must be [low, high] with 0 < low <= high")
+        if problems:
+            raise ParamsError(f"{where}: " + "; ".join(problems))
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The keys that decide what a run computes (a resumed run must agree on all of them)."""
+        return {k: v for k, v in self.as_dict().items() if k not in RUNTIME_KEYS}
+
+
+def _typed(cls, section: dict[str, Any], where: str) -> dict[str, Any]:
+    """``section`` restricted to ``cls``'s fields, every field present, no unknown key."""
+    if not isinstance(section, dict):
+        raise ParamsError(f"{where} must be a mapping, got {section!r}")
+    names = {f.name for f in fields(cls)}
+    missing, unknown = sorted(names - set(section)), sorted(set(section) - names)
+    problems = []
+    if missing:
+        problems.append(f"missing key(s) {missing} (copy them from the project's params.yaml)")
+    if unknown:
+        problems.append(f"unknown key(s) {unknown}")
+    if problems:
+        raise ParamsError(f"{where}: " + "; ".join(problems))
+    return dict(section)
+
+
+def merge_sections(base: dict, override: dict | None) -> dict:
+    """``base`` with ``override``'s keys merged in, recursively (``teacher.train`` over ``train``)."""
+    out = copy.deepcopy(base)
+    for key, value in (override or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_sections(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def digest(obj: Any) -> str:
+    """A short, stable hash of a JSON-able object (configs, fingerprints)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -1,0 +1,194 @@
+"""Scans of the Parquet shards as training batches: dataset, collation, and the samplers of a run.
+
+* :class:`ScanDataset` reads one scan per item (one row group, memory-mapped, only the columns
+  training needs), augments it on the fly, and adds any per-point extras a stage supplies (the
+  teacher cache of the distill stages: same points, same order). Voxelization is left to the
+  model, which bins the augmented points on its own grid.
+* :func:`collate` concatenates scans with a sample index per point: no padding.
+* :class:`RunBatchSampler` lays out every batch of a whole run, step by step, for one process of
+  ``world_size``: a run resumed at step ``s`` asks for the batches from ``s`` on and gets exactly
+  those an uninterrupted run would have used. Items are keys ``(epoch, position)``, so the
+  augmentation of a scan is a function of (seed, epoch, scan), whichever worker loads it.
+  It does what torch's ``DistributedSampler`` does for DDP (a disjoint share of every epoch's
+  permutation per process, equal step counts) and adds the mid-epoch start that
+  ``DistributedSampler`` lacks.
+* :func:`split_batches` shares a split among processes *without* padding (``DistributedSampler``
+  repeats scans to even out the shares, which would count them twice in a confusion matrix).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from pvkd.errors import DataError
+from pvkd.models import PointBatch
+from pvkd.shards import ProcessedData, read_scan
+from pvkd.train.augment import augment
+from pvkd.train.config import AugmentConfig
+
+COLUMNS = ["x", "y", "z", "intensity", "label"]
+# independent random streams derived from the run's seed
+PERMUTATION_STREAM, AUGMENT_STREAM = 0, 1
+
+# extras(row of index.parquet) -> per-point arrays aligned with the scan's rows
+Extras = Callable[[pd.Series], dict[str, np.ndarray]]
+
+
+@dataclass
+class TrainBatch:
+    """Scans concatenated: the points, their labels, and any per-point extras, in the same order."""
+
+    points: PointBatch
+    labels: torch.Tensor  # (N,) int64 training ids, 0 = ignored
+    positions: torch.Tensor  # (B,) int64 position of each scan in its split
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def to(self, device: torch.device | str) -> TrainBatch:
+        non_blocking = torch.device(device).type == "cuda"
+        return TrainBatch(
+            self.points.to(device),
+            self.labels.to(device, non_blocking=non_blocking),
+            self.positions,
+            {k: v.to(device, non_blocking=non_blocking) for k, v in self.extras.items()},
+        )
+
+    def pin_memory(self) -> TrainBatch:
+        """Called by the DataLoader (``pin_memory=True``) so host-to-GPU copies can overlap compute."""
+        p = self.points
+        pinned = PointBatch(p.xyz.pin_memory(), p.intensity.pin_memory(), p.batch.pin_memory(), p.batch_size)
+        return TrainBatch(pinned, self.labels.pin_memory(), self.positions, {
+            k: v.pin_memory() for k, v in self.extras.items()
+        })
+
+
+class ScanDataset(Dataset):
+    """The scans of one split of a processed folder; item ``(epoch, position)`` -> one scan as numpy arrays.
+
+    ``augment`` None: the points as stored (validation, caching, evaluation).
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str,
+        augment: AugmentConfig | None = None,
+        seed: int = 0,
+        extras: Extras | None = None,
+    ):
+        self.root = Path(root)
+        self.split = split
+        self.rows = ProcessedData(root).scans(split)
+        if len(self.rows) == 0:
+            raise DataError(f"{self.root}: split {split!r} has no scans; check data.splits and preprocess.splits")
+        self.augment = augment
+        self.seed = int(seed)
+        self.extras = extras
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        epoch, position = key
+        row = self.rows.iloc[position]
+        cols = read_scan(self.root / row["shard"], int(row["row_group"]), COLUMNS)
+        xyz = np.stack([cols["x"], cols["y"], cols["z"]], 1)
+        if self.augment is not None:
+            xyz = augment(xyz, self.augment, np.random.default_rng([self.seed, AUGMENT_STREAM, epoch, position]))
+        sample = {
+            "xyz": xyz,
+            "intensity": np.array(cols["intensity"], dtype=np.float32),  # a writable copy of the mapped column
+            "label": cols["label"].astype(np.int64),
+            "position": position,
+        }
+        if self.extras is not None:
+            sample["extras"] = self.extras(row)
+        return sample
+
+
+def collate(samples: list[dict]) -> TrainBatch:
+    """Concatenate scans (no padding); point ``n`` of the batch belongs to scan ``points.batch[n]``."""
+    points = PointBatch.from_scans([(torch.from_numpy(s["xyz"]), torch.from_numpy(s["intensity"])) for s in samples])
+    extras = {}
+    if samples and "extras" in samples[0]:
+        extras = {k: torch.cat([torch.as_tensor(s["extras"][k]) for s in samples]) for k in samples[0]["extras"]}
+    return TrainBatch(
+        points=points,
+        labels=torch.cat([torch.from_numpy(s["label"]) for s in samples]),
+        positions=torch.tensor([s["position"] for s in samples], dtype=torch.long),
+        extras=extras,
+    )
+
+
+class RunBatchSampler(Sampler[list[tuple[int, int]]]):
+    """Every batch of a run for process ``rank`` of ``world_size``, from ``start_step`` on.
+
+    Each epoch draws a permutation of the split from (seed, epoch); its step ``k`` takes the
+    ``k``-th block of ``batch_size x world_size`` scans and process ``r`` the ``r``-th
+    ``batch_size`` of them. Scans left over after the last whole block sit that epoch out (the
+    next permutation differs), so every process runs the same number of steps.
+    """
+
+    def __init__(
+        self, num_scans: int, batch_size: int, epochs: int, seed: int,
+        rank: int = 0, world_size: int = 1, start_step: int = 0,
+    ):
+        self.num_scans, self.batch_size, self.seed = num_scans, batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        self.steps_per_epoch = num_scans // (batch_size * world_size)
+        if self.steps_per_epoch == 0:
+            raise DataError(
+                f"{num_scans} training scans cannot fill one step of {batch_size} scans x {world_size} processes"
+            )
+        self.total_steps = epochs * self.steps_per_epoch
+        self.start_step = start_step
+        self._epoch, self._permutation = -1, np.empty(0, np.int64)
+
+    def __len__(self) -> int:
+        return max(self.total_steps - self.start_step, 0)
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        if epoch != self._epoch:
+            rng = np.random.default_rng([self.seed, PERMUTATION_STREAM, epoch])
+            self._epoch, self._permutation = epoch, rng.permutation(self.num_scans)
+        return self._permutation
+
+    def batch(self, step: int) -> list[tuple[int, int]]:
+        """The keys of process ``rank``'s scans at global step ``step``."""
+        epoch, k = divmod(step, self.steps_per_epoch)
+        first = (k * self.world_size + self.rank) * self.batch_size
+        return [(epoch, int(p)) for p in self.permutation(epoch)[first : first + self.batch_size]]
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for step in range(self.start_step, self.total_steps):
+            yield self.batch(step)
+
+
+def split_batches(num_scans: int, batch_size: int, rank: int = 0, world_size: int = 1) -> list[list[tuple[int, int]]]:
+    """Process ``rank``'s share of a split (positions ``rank, rank + world_size, ...``), in batches; no padding."""
+    mine = list(range(rank, num_scans, world_size))
+    return [[(0, p) for p in mine[i : i + batch_size]] for i in range(0, len(mine), batch_size)]
+
+
+def _worker_init(_: int) -> None:
+    # loader processes only read and concatenate: one thread each leaves the cores to training
+    torch.set_num_threads(1)
+
+
+def make_loader(dataset: ScanDataset, batch_sampler, workers: int, pin_memory: bool = False) -> DataLoader:
+    """A DataLoader over ``batch_sampler``'s batches of keys. Workers are spawned, not forked (a fork
+    can inherit pyarrow's thread-pool locks mid-use), and kept between passes (validation)."""
+    options = {}
+    if workers > 0:
+        options = dict(
+            multiprocessing_context="spawn", persistent_workers=True, prefetch_factor=4, worker_init_fn=_worker_init
+        )
+    return DataLoader(
+        dataset, batch_sampler=batch_sampler, num_workers=workers, collate_fn=collate, pin_memory=pin_memory, **options
+    )
