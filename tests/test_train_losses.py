@@ -135,14 +135,6 @@ def tiny_cylinder():
     return build_model({"arch": "cylinder3d", "width": 2, "num_classes": 5}, grid)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_segmentation_loss_terms_and_gradients_reach_every_parameter():
     model, points = tiny_cylinder(), synthetic_scan(300, batch_size=2, seed=0)
     labels = torch.randint(0, 5, (points.num_points,))
