@@ -35,7 +35,7 @@ def main(
 
     from pvkd.shards import ProcessedData
     from pvkd.train import distributed
-    from pvkd.train.checkpoint import model_for_data, save_atomic
+    from pvkd.train.checkpoint import model_for_data
     from pvkd.train.config import TrainConfig, merge_sections
     from pvkd.train.data import ScanDataset
     from pvkd.train.engine import Trainer
@@ -71,13 +71,20 @@ def main(
                 f"{'x'.join(map(str, model.grid.size))}; {dist.world_size} process(es) on {device}, "
                 f"{torch.get_num_threads()} threads each"
             )
-        result = trainer.fit()
-        if dist.is_main:
-            record = result.best_record if cfg.keep == "best" else result.last_record
-            save_atomic({**record, "train": cfg.as_dict()}, out)
-            print_scores(record, out)
+        fit_and_export(trainer, cfg, out)
     finally:
         distributed.shutdown()
+
+
+def fit_and_export(trainer, cfg, out: Path) -> None:
+    """Run the trainer; rank 0 writes the kept weights (train.keep) with the recipe to OUT and prints their scores."""
+    from pvkd.train.checkpoint import save_atomic
+
+    result = trainer.fit()
+    if trainer.dist.is_main:
+        record = result.best_record if cfg.keep == "best" else result.last_record
+        save_atomic({**record, "train": cfg.as_dict()}, out)
+        print_scores(record, out)
 
 
 def print_scores(record: dict, out: Path) -> None:

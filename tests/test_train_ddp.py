@@ -5,7 +5,6 @@ import multiprocessing
 import os
 import socket
 
-import pytest
 import torch
 
 from pvkd.metrics import split_confusion
@@ -17,14 +16,6 @@ from pvkd.train.data import ScanDataset, make_loader, split_batches
 from train_fixtures import TEACHER, make_processed, make_trainer, tiny_config
 
 WORLD = 2
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def free_port() -> int:

@@ -9,21 +9,13 @@ import torch
 
 from pvkd.metrics import split_confusion
 from pvkd.shards import ProcessedData
-from pvkd.train.checkpoint import load, load_model, model_for_data, save_atomic
+from pvkd.train.checkpoint import load, load_model, model_for_data, model_record, save_atomic
 from pvkd.train.data import ScanDataset, make_loader, split_batches
 from pvkd.train.engine import TrainingInterrupted, lr_factor
 
 from train_fixtures import TEACHER, make_processed, make_trainer, tiny_config
 
 SPLITS = {"train": ["00"], "val": ["08"]}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +67,13 @@ def test_a_run_learns_and_writes_its_records(processed, uninterrupted):
     assert '"best"' in summary and '"miou"' in summary
     assert (folder / "live" / "plots" / "metrics" / "train" / "loss.tsv").read_text().count("\n") == 10
     assert (folder / "live" / "plots" / "metrics" / "val" / "miou.tsv").is_file()
+
+
+def test_a_model_record_is_a_snapshot_of_the_weights():
+    weights = {"w": torch.ones(3)}
+    record = model_record(weights, {})
+    weights["w"] += 1  # training goes on in place
+    assert torch.equal(record["state_dict"]["w"], torch.ones(3))
 
 
 def test_the_model_record_rebuilds_the_network_and_its_scores(processed, uninterrupted, tmp_path):

@@ -86,8 +86,11 @@ def model_for_data(model_cfg: dict, data: ProcessedData) -> tuple[SparseSegmenta
 
 
 def model_record(state_dict: dict, info: dict, **extra: Any) -> dict:
-    """A model record: ``info`` (see :func:`model_info`), the weights on the CPU, and ``extra`` (step, scores)."""
-    return {"format": MODEL_FORMAT, **info, "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()}, **extra}
+    """A model record: ``info`` (see :func:`model_info`), a CPU copy of the weights, and ``extra`` (step, scores).
+
+    A copy even on the CPU, where ``.cpu()`` would alias the live tensors that training keeps updating."""
+    weights = {k: v.detach().to("cpu", copy=True) for k, v in state_dict.items()}
+    return {"format": MODEL_FORMAT, **info, "state_dict": weights, **extra}
 
 
 def grid_of(record: dict) -> Grid:

@@ -1,0 +1,153 @@
+"""The teacher cache: codecs against hand-made distributions, a cache written and read back against the
+teacher's own outputs, refusal of a mismatched or unfinished cache, and resuming after an interruption."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pvkd.distill.cache import (
+    CacheConfig,
+    TeacherCache,
+    decode_features,
+    decode_outputs,
+    encode_features,
+    encode_outputs,
+    file_sha256,
+    fit_projection,
+    make_cache,
+    output_width,
+)
+from pvkd.errors import DataError
+from pvkd.shards import ProcessedData
+from pvkd.train.checkpoint import load_model, model_for_data, model_record, save_atomic
+from pvkd.train.data import ScanDataset, collate
+
+from train_fixtures import TEACHER, make_processed
+
+CPU = torch.device("cpu")
+
+
+def config(**overrides) -> CacheConfig:
+    values = dict(outputs="topk", topk=2, feature_dim=3, feature_scans=2, batch_size=2, device="cpu")
+    return CacheConfig(**{**values, **overrides})
+
+
+def kl(p_log, q_log):
+    return float((p_log.exp() * (p_log - q_log)).sum(1).mean())
+
+
+def test_topk_keeps_k_classes_and_spreads_the_rest_evenly():
+    probs = torch.tensor([[0.6, 0.3, 0.06, 0.04], [0.01, 0.01, 0.97, 0.01]])
+    records = encode_outputs(probs.log(), "topk", 2)
+    assert records.shape == (2, output_width("topk", 4, 2)) == (2, 5)
+    assert records[0, :2].tolist() == [0, 1] and records[1, 0] == 2
+    decoded = decode_outputs(torch.from_numpy(records), "topk", 4, 2).exp()
+    # row 0: 0.6 and 0.3 kept, the other two share 0.1 equally; 0.05-nat steps -> within 2.5 %
+    assert decoded[0].tolist() == pytest.approx([0.6, 0.3, 0.05, 0.05], rel=0.03)
+    assert decoded[1, 2] == pytest.approx(0.97, rel=0.03)
+    assert decoded.sum(1).tolist() == pytest.approx([1.0, 1.0], abs=1e-6)
+
+
+@pytest.mark.parametrize("codec, max_kl", [("fp16", 1e-6), ("int8", 1e-3), ("topk", 0.05)])
+def test_codecs_decode_close_to_the_full_distribution(codec, max_kl):
+    logits = torch.randn(500, 20, generator=torch.Generator().manual_seed(0)) * 3
+    logp = torch.log_softmax(logits, 1)
+    decoded = decode_outputs(torch.from_numpy(encode_outputs(logp, codec, 5)), codec, 20, 5)
+    assert decoded.shape == (500, 20)
+    assert decoded.exp().sum(1) == pytest.approx(torch.ones(500), abs=1e-5)
+    assert kl(logp, decoded) < max_kl
+    assert kl(logp, decoded) > 0 or codec == "fp16"
+
+
+def test_features_keep_their_cosine_similarities_through_an_exact_projection():
+    gen = torch.Generator().manual_seed(1)
+    basis = torch.linalg.qr(torch.randn(8, 3, generator=gen))[0]  # features of rank 3 in 8 dims
+    features = torch.randn(200, 3, generator=gen) @ basis.T
+    projection = fit_projection([features[:100], features[100:]], 3)
+    decoded = decode_features(torch.from_numpy(encode_features(features, projection)))
+    a = torch.nn.functional.normalize(features, dim=1)
+    cosine_full, cosine_cached = a @ a.T, decoded @ decoded.T
+    assert (cosine_full - cosine_cached).abs().max() < 0.03  # int8 rounding only
+    assert fit_projection([features], 8).equal(torch.eye(8))  # nothing to compress
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cache")
+    processed = make_processed(root, {"00": 5, "08": 2}, {"train": ["00"], "val": ["08"]})
+    torch.manual_seed(0)
+    model, info = model_for_data(TEACHER, ProcessedData(processed))
+    teacher = root / "teacher.pt"
+    save_atomic(model_record(model.state_dict(), info, step=0), teacher)
+    return processed, teacher, root
+
+
+def test_cache_holds_the_teachers_outputs_for_every_train_point(setup):
+    processed, teacher, root = setup
+    out = root / "full"
+    manifest = make_cache(teacher, processed, out, config(outputs="fp16"), CPU)
+    assert manifest["complete"] and len(manifest["scans"]) == 5
+    cache = TeacherCache(out, ProcessedData(processed), file_sha256(teacher))
+    dataset = ScanDataset(processed, "train", extras=cache.extras())
+    model, _ = load_model(teacher)
+    for position in (0, 4):
+        batch = collate([dataset[(0, position)]])
+        decoded = cache.decode(batch.extras)
+        with torch.no_grad():
+            expected = torch.log_softmax(model(batch.points).point_logits, 1)
+        assert decoded["logp"].shape == expected.shape
+        assert torch.allclose(decoded["logp"], expected, atol=2e-2)
+        assert decoded["point_feature"].shape == (len(expected), 3)
+
+
+def test_students_refuse_a_cache_of_another_teacher_or_an_unfinished_one(setup):
+    processed, teacher, root = setup
+    out = root / "checked"
+    make_cache(teacher, processed, out, config(), CPU)
+    data = ProcessedData(processed)
+    with pytest.raises(DataError, match="another teacher.*dvc repro cache-logits"):
+        TeacherCache(out, data, "0" * 64)
+    manifest = json.loads((out / "manifest.json").read_text())
+    (out / "manifest.json").write_text(json.dumps({**manifest, "complete": False}))
+    with pytest.raises(DataError, match="incomplete"):
+        TeacherCache(out, data)
+    with pytest.raises(DataError, match="no teacher cache"):
+        TeacherCache(root / "nowhere", data)
+
+
+def test_an_interrupted_cache_resumes_and_ends_identical(setup):
+    processed, teacher, root = setup
+    reference = root / "reference"
+    make_cache(teacher, processed, reference, config(), CPU)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first(shard):
+        raise Stop(shard)
+
+    out = root / "resumed"
+    with pytest.raises(Stop):
+        make_cache(teacher, processed, out, config(), CPU, after_shard=stop_after_first)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert not manifest["complete"] and len(manifest["done_shards"]) == 1
+    written = []
+    make_cache(teacher, processed, out, config(batch_size=1), CPU, after_shard=written.append)
+    assert manifest["done_shards"][0] not in written and len(written) == 2  # 5 scans, 2 per shard: 3 shards
+    for shard in sorted((reference / "shards").glob("*.parquet")):
+        mine = TeacherCache(out, ProcessedData(processed)).read(f"shards/{shard.name}", 0)
+        theirs = TeacherCache(reference, ProcessedData(processed)).read(f"shards/{shard.name}", 0)
+        assert all(np.array_equal(mine[k], theirs[k]) for k in theirs)
+
+
+def test_a_changed_cache_param_starts_afresh(setup):
+    processed, teacher, root = setup
+    out = root / "changed"
+    make_cache(teacher, processed, out, config(topk=2), CPU)
+    make_cache(teacher, processed, out, config(topk=3), CPU)
+    cache = TeacherCache(out, ProcessedData(processed))
+    assert cache.topk == 3 and cache.read("shards/train-00000.parquet", 0)["outputs"].shape[1] == 7
+    assert math.isclose(cache.manifest["bytes_per_point"]["outputs"], 7)
