@@ -22,10 +22,10 @@ from pvkd.distill.cache import (
 )
 from pvkd.errors import DataError
 from pvkd.shards import ProcessedData
-from pvkd.train.checkpoint import load_model, model_for_data, model_record, save_atomic
+from pvkd.train.checkpoint import load_model
 from pvkd.train.data import ScanDataset, collate
 
-from train_fixtures import TEACHER, make_processed
+from train_fixtures import make_processed, save_teacher
 
 CPU = torch.device("cpu")
 
@@ -78,10 +78,7 @@ def test_features_keep_their_cosine_similarities_through_an_exact_projection():
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("cache")
     processed = make_processed(root, {"00": 5, "08": 2}, {"train": ["00"], "val": ["08"]})
-    torch.manual_seed(0)
-    model, info = model_for_data(TEACHER, ProcessedData(processed))
-    teacher = root / "teacher.pt"
-    save_atomic(model_record(model.state_dict(), info, step=0), teacher)
+    teacher = save_teacher(processed, root / "teacher.pt")
     return processed, teacher, root
 
 

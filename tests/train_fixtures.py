@@ -12,7 +12,7 @@ from pvkd.datasets.semantickitti import SemanticKITTI
 from pvkd.grid import Grid
 from pvkd.preprocess import preprocess
 from pvkd.shards import ProcessedData
-from pvkd.train.checkpoint import model_for_data
+from pvkd.train.checkpoint import model_for_data, model_record, save_atomic
 from pvkd.train.config import TrainConfig, merge_sections
 from pvkd.train.data import ScanDataset
 from pvkd.train.distributed import DistInfo, seed_everything
@@ -64,3 +64,11 @@ def make_trainer(processed: Path, cfg: TrainConfig, dist: DistInfo = DistInfo(),
         model, loss.on_batch, ScanDataset(processed, "train", cfg.augment, cfg.seed), ScanDataset(processed, "val"),
         cfg, info, dist=dist, device=CPU, show_progress=False, **options,
     )
+
+
+def save_teacher(processed: Path, path: Path) -> Path:
+    """An untrained width-4 teacher record of a processed folder (seeded: the same weights every time)."""
+    torch.manual_seed(0)
+    model, info = model_for_data(TEACHER, ProcessedData(processed))
+    save_atomic(model_record(model.state_dict(), info, step=0), path)
+    return path

@@ -29,7 +29,7 @@ import torch
 
 from pvkd.errors import DataError, ParamsError
 from pvkd.grid import Grid
-from pvkd.models import SparseSegmentationModel, build_model, model_grid
+from pvkd.models import SparseSegmentationModel, build_model
 from pvkd.shards import ProcessedData
 
 MODEL_FORMAT = "pvkd-model/1"
@@ -73,14 +73,19 @@ def grid_params(grid: Grid) -> dict:
     return {"type": "cubic", "cubic": {**bounds, "voxel_size": list(grid.cell_size)}}
 
 
-def model_for_data(model_cfg: dict, data: ProcessedData) -> tuple[SparseSegmentationModel, dict]:
+def model_for_data(
+    model_cfg: dict, data: ProcessedData, grid_section: dict | None = None
+) -> tuple[SparseSegmentationModel, dict]:
     """Build a params.yaml model section for a processed dataset: its classes, and its grid (the one
-    the shards were binned on) unless the section brings its own ``grid:``. Returns ``(model, info)``."""
+    the shards were binned on) unless the section brings its own ``grid:``. A model of the other grid
+    kind (a cubic-grid student of cylinder-binned shards) takes that kind from ``grid_section`` (the
+    params ``grid`` section). Returns ``(model, info)``."""
     classes = int(data.meta["num_classes"])
     if model_cfg.get("num_classes", classes) != classes:
         raise ParamsError(f"model num_classes {model_cfg['num_classes']} != the data's {classes} ({data.root})")
     cfg = {**model_cfg, "num_classes": classes}
-    model = build_model(cfg, model_grid(cfg, grid_params(data.grid)))
+    grids = {**(grid_section or {}), **grid_params(data.grid)}
+    model = build_model(cfg, grids)
     info = model_info(cfg, model.grid, data.meta["shards_hash"], data.meta["dataset"], data.meta["class_names"])
     return model, info
 

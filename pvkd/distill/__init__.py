@@ -1,0 +1,1 @@
+"""Point-to-Voxel Knowledge Distillation: the teacher cache, the four distillation losses, supervoxel sampling."""

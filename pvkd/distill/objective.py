@@ -1,0 +1,195 @@
+"""What a student minimises: its segmentation loss plus the four PVKD terms.
+
+::
+
+    L = L_seg                                         CE + Lovász on voxels, CE on the point head
+      + alpha_p * KL_point                            point_weight: KL(teacher || student) per point
+      + alpha_v * KL_voxel                            voxel_weight: the same per occupied student voxel
+      + beta * (A_point + A_voxel)                    affinity_weight, inside K sampled supervoxels
+
+The teacher side comes from the cache (``distill.mode: cached``; :mod:`pvkd.distill.cache`) or
+from the frozen teacher run on the very same augmented batch (``online``, under no_grad; the
+reference the cache is measured against). Either way it is per point, so the student may have
+any backbone, width or grid: a student voxel's teacher distribution and teacher voxel feature
+are the means over the voxel's points.
+
+Supervoxels are blocks of ``distill.supervoxel.size`` cells of the student's grid; per scan,
+``count`` of them are drawn without replacement with probability proportional to their
+difficulty (:mod:`pvkd.distill.supervoxels`); the affinity terms compare cosine-similarity
+matrices of up to ``points`` points and ``voxels`` voxels of each drawn block. Draws use torch's
+default generator of the batch's device (CPU or CUDA), whose states the training checkpoints
+carry, so a resumed run draws as the uninterrupted one would.
+
+A term whose weight is 0 is not computed (the no-distillation baseline never touches the teacher).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch_scatter import scatter_mean
+
+from pvkd.distill import losses, supervoxels
+from pvkd.errors import ParamsError
+from pvkd.models import SegOutput
+from pvkd.train.losses import SegmentationLoss, voxel_labels
+
+MODES = ("cached", "online")
+SAMPLING = ("difficulty", "class", "distance", "uniform")
+AFFINITY_TERMS = ("point", "voxel")
+
+
+@dataclass(frozen=True)
+class SupervoxelConfig:
+    size: tuple[int, int, int]  # cells of the student grid per block
+    count: int  # K blocks drawn per scan
+    points: int  # N_p points kept per drawn block
+    voxels: int  # N_v voxels kept per drawn block
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """The ``distill`` params section (a student's own ``distill:`` merged over it)."""
+
+    mode: str
+    temperature: float
+    point_weight: float
+    voxel_weight: float
+    affinity_weight: float
+    affinity_terms: tuple[str, ...]
+    sampling: str
+    class_power: float
+    distance_scale_m: float
+    distance_power: float
+    supervoxel: SupervoxelConfig
+
+    @classmethod
+    def from_dict(cls, section: dict, where: str = "distill") -> DistillConfig:
+        names = set(cls.__dataclass_fields__)
+        missing, unknown = sorted(names - set(section)), sorted(set(section) - names)
+        if missing or unknown:
+            raise ParamsError(f"{where}: missing key(s) {missing}, unknown key(s) {unknown}")
+        sv = dict(section["supervoxel"])
+        sv_names = set(SupervoxelConfig.__dataclass_fields__)
+        if set(sv) != sv_names:
+            raise ParamsError(f"{where}.supervoxel needs exactly the keys {sorted(sv_names)}, got {sorted(sv)}")
+        sv["size"] = tuple(int(v) for v in sv["size"])
+        values = {**section, "supervoxel": SupervoxelConfig(**sv),
+                  "affinity_terms": tuple(section["affinity_terms"] or ())}
+        for key in ("temperature", "point_weight", "voxel_weight", "affinity_weight", "class_power",
+                    "distance_scale_m", "distance_power"):
+            values[key] = float(values[key])
+        cfg = cls(**values)
+        problems = []
+        if cfg.mode not in MODES:
+            problems.append(f"mode must be one of {MODES}, got {cfg.mode!r}")
+        if cfg.sampling not in SAMPLING:
+            problems.append(f"sampling must be one of {SAMPLING}, got {cfg.sampling!r}")
+        if not set(cfg.affinity_terms) <= set(AFFINITY_TERMS):
+            problems.append(f"affinity_terms must be among {list(AFFINITY_TERMS)}, got {list(cfg.affinity_terms)}")
+        if cfg.temperature <= 0 or cfg.distance_scale_m <= 0:
+            problems.append("temperature and distance_scale_m must be > 0")
+        if min(cfg.point_weight, cfg.voxel_weight, cfg.affinity_weight) < 0:
+            problems.append("the weights must be >= 0")
+        if len(cfg.supervoxel.size) != 3 or min(cfg.supervoxel.size) < 1:
+            problems.append("supervoxel.size must be three positive cell counts")
+        if min(cfg.supervoxel.count, cfg.supervoxel.points, cfg.supervoxel.voxels) < 1:
+            problems.append("supervoxel.count, points and voxels must be >= 1")
+        if problems:
+            raise ParamsError(f"{where}: " + "; ".join(problems))
+        return cfg
+
+    @property
+    def uses_affinity(self) -> bool:
+        return self.affinity_weight > 0 and bool(self.affinity_terms)
+
+    @property
+    def uses_teacher(self) -> bool:
+        return self.point_weight > 0 or self.voxel_weight > 0 or self.uses_affinity
+
+
+@dataclass
+class TeacherTargets:
+    """The teacher's side of a batch, per student point (same order)."""
+
+    logp: torch.Tensor  # (N, C) log-probabilities at temperature 1
+    point_feature: torch.Tensor | None  # (N, d)
+    voxel_feature: torch.Tensor | None  # (N, d): the feature of the teacher voxel holding the point
+
+
+class PVKDLoss(nn.Module):
+    """The student's loss. ``teacher_targets(batch) -> TeacherTargets`` supplies the teacher's side.
+
+    ``rarity`` (C,): the class term of the difficulty-aware sampling, from the train split's voxel
+    frequencies (:func:`pvkd.distill.supervoxels.class_rarity`); ``grid_size``: the student's grid,
+    on which the supervoxels are cut.
+    """
+
+    def __init__(self, cfg: DistillConfig, segmentation: SegmentationLoss, rarity: torch.Tensor,
+                 grid_size: tuple[int, int, int], teacher_targets):
+        super().__init__()
+        self.cfg, self.segmentation, self.teacher_targets = cfg, segmentation, teacher_targets
+        self.grid_size = tuple(int(s) for s in grid_size)
+        self.register_buffer("rarity", rarity.float())
+
+    def on_batch(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The training engine's ``loss_fn``."""
+        output = model(batch.points)
+        loss, terms = self.segmentation(output, batch.labels)
+        if not self.cfg.uses_teacher:
+            return loss, terms
+        teacher = self.teacher_targets(batch)
+        distill_terms = self.distillation_terms(output, teacher, batch)
+        return loss + sum(distill_terms.values()), {**terms, **distill_terms}
+
+    def distillation_terms(self, output: SegOutput, teacher: TeacherTargets, batch) -> dict[str, torch.Tensor]:
+        """The weighted PVKD terms that have a non-zero weight."""
+        cfg, terms = self.cfg, {}
+        temperature = cfg.temperature
+        if cfg.point_weight > 0:
+            terms["kl_point"] = cfg.point_weight * losses.kl_divergence(output.point_logits, teacher.logp, temperature)
+        if cfg.voxel_weight > 0:
+            num_voxels = output.voxel_logits.shape[0]
+            target = losses.voxel_teacher_logprobs(teacher.logp, output.point_to_voxel, num_voxels, temperature)
+            terms["kl_voxel"] = cfg.voxel_weight * losses.kl_divergence(
+                output.voxel_logits, target, temperature, teacher_tempered=True
+            )
+        if cfg.uses_affinity:
+            if teacher.point_feature is None:
+                raise ParamsError("distill.affinity_weight > 0 needs teacher features: set cache.feature_dim > 0 "
+                                  "and re-run cache-logits, or use distill.mode online")
+            point_groups, voxel_groups = self.sample_groups(output, batch)
+            if "point" in cfg.affinity_terms:
+                terms["affinity_point"] = cfg.affinity_weight * losses.affinity_loss(
+                    output.point_features, teacher.point_feature, point_groups
+                )
+            if "voxel" in cfg.affinity_terms:
+                teacher_voxels = scatter_mean(teacher.voxel_feature, output.point_to_voxel, dim=0,
+                                              dim_size=output.voxel_features.shape[0])
+                terms["affinity_voxel"] = cfg.affinity_weight * losses.affinity_loss(
+                    output.voxel_features, teacher_voxels, voxel_groups
+                )
+        return terms
+
+    def sample_groups(self, output: SegOutput, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draw K supervoxels per scan by ``distill.sampling``; the points and voxels kept in each."""
+        cfg, sv = self.cfg, self.cfg.supervoxel
+        grid_size = self.grid_size
+        coords = output.voxel_coords
+        block_of_voxel = supervoxels.block_index(coords, grid_size, sv.size)
+        per_scan = supervoxels.blocks_per_scan(grid_size, sv.size)
+        batch_size = batch.points.batch_size
+        labels = voxel_labels(batch.labels, output.point_to_voxel, coords.shape[0], len(self.rarity))
+        planar_range = batch.points.xyz[:, :2].norm(dim=1)
+        voxel_range = scatter_mean(planar_range, output.point_to_voxel, dim=0, dim_size=coords.shape[0])
+        weights = supervoxels.block_weights(
+            block_of_voxel, batch_size * per_scan, labels, voxel_range, self.rarity, cfg.sampling,
+            cfg.distance_scale_m, cfg.distance_power,
+        )
+        chosen = supervoxels.sample_blocks(weights.reshape(batch_size, per_scan), sv.count, None)
+        point_groups = supervoxels.group_members(block_of_voxel[output.point_to_voxel], chosen, sv.points, None)
+        voxel_groups = supervoxels.group_members(block_of_voxel, chosen, sv.voxels, None)
+        return point_groups, voxel_groups
+

@@ -1,0 +1,138 @@
+"""Stage `distill@<student>`: one student trained with PVKD from the teacher cache -> models/<student>.pt."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import typer
+
+from pvkd.console import console
+from pvkd.errors import ParamsError
+from pvkd.params import load_params
+
+
+def student_sections(params: dict, name: str, where: Path) -> tuple[dict, dict, dict]:
+    """``(model, distill, train)`` of student ``name``: its own ``distill:`` / ``train:`` merged over the sections."""
+    from pvkd.train.config import merge_sections
+
+    students = params.get("students") or {}
+    if name not in students:
+        raise ParamsError(f"{where}: no student {name!r} under students (students: {sorted(students) or 'none'})")
+    if name == "teacher":
+        raise ParamsError(f"{where}: a student may not be named 'teacher' (models/teacher.pt is the teacher's)")
+    student = students[name]
+    unknown = sorted(set(student) - {"description", "model", "distill", "train"})
+    if "model" not in student or unknown:
+        raise ParamsError(f"{where}: students.{name} needs a model section (and may have description, distill, "
+                          f"train){'; unknown key(s) ' + str(unknown) if unknown else ''}")
+    for section in ("distill", "train"):
+        if section not in params:
+            raise ParamsError(f"{where}: needs a {section} section")
+    return (dict(student["model"]), merge_sections(params["distill"], student.get("distill")),
+            merge_sections(params["train"], student.get("train")))
+
+
+def main(
+    student: str = typer.Option(..., help="Name of the student under students: in params.yaml."),
+    params: Path = typer.Option(Path("params.yaml"), help="Params file; reads students.<name>, distill and train."),
+    data: Path = typer.Option(Path("data/processed"), help="Processed data folder (`pvkd preprocess`)."),
+    cache: Path = typer.Option(Path("data/teacher_cache"), help="Teacher cache (`pvkd cache-logits`)."),
+    teacher: Path = typer.Option(Path("models/teacher.pt"), help="Teacher model record: its hash must be the "
+                                 "cache's (cached mode); it runs on every batch in online mode."),
+    out: Path = typer.Option(None, help="Model record to write; default models/<student>.pt."),
+    live: Path = typer.Option(None, help="dvclive folder; default dvclive/<student>."),
+    checkpoints: Path = typer.Option(None, help="Resumable state; default checkpoints/<student>."),
+) -> None:
+    """Train one student with Point-to-Voxel Knowledge Distillation from the teacher.
+
+    Loss: the segmentation loss (as the teacher's) + distill.point_weight x pointwise KL +
+    distill.voxel_weight x voxelwise KL + distill.affinity_weight x (inter-point + inter-voxel
+    affinity inside distill.supervoxel.count supervoxels per scan, drawn by distill.sampling).
+    The student's own distill: and train: keys override the sections (the baseline sets every
+    weight to 0). Teacher outputs come from the cache (distill.mode cached) or from running the
+    teacher on each batch (online). Same engine as teacher-train: DDP under torchrun with
+    train.processes > 1, resumes after an interruption, curves in dvclive.
+    """
+    import torch
+
+    from pvkd.distill.cache import TeacherCache, file_sha256
+    from pvkd.distill.objective import DistillConfig, PVKDLoss, TeacherTargets
+    from pvkd.distill.supervoxels import class_rarity
+    from pvkd.shards import ProcessedData
+    from pvkd.stages.teacher_train import fit_and_export
+    from pvkd.train import distributed
+    from pvkd.train.checkpoint import load_model, model_for_data
+    from pvkd.train.config import TrainConfig
+    from pvkd.train.data import ScanDataset
+    from pvkd.train.engine import Trainer
+    from pvkd.train.losses import SegmentationLoss
+
+    out = out or Path("models") / f"{student}.pt"
+    live = live or Path("dvclive") / student
+    checkpoints = checkpoints or Path("checkpoints") / student
+    p = load_params(params)
+    model_cfg, distill_section, train_section = student_sections(p, student, params)
+    dcfg = DistillConfig.from_dict(distill_section, where=f"distill (students.{student}.distill over it)")
+    cfg = TrainConfig.from_dict(train_section, where=f"train (students.{student}.train over it)")
+
+    processes = distributed.local_processes(cfg)
+    if processes > 1 and not distributed.under_torchrun():
+        argv = ["distill", "--student", student, "--params", str(params), "--data", str(data), "--cache", str(cache),
+                "--teacher", str(teacher), "--out", str(out), "--live", str(live), "--checkpoints", str(checkpoints)]
+        console.print(f"distill {student}: {processes} processes under torchrun")
+        raise typer.Exit(subprocess.call(distributed.torchrun_command(processes, argv)))
+
+    dist, device = distributed.setup(cfg)
+    try:
+        processed = ProcessedData(data)
+        model, info = model_for_data(model_cfg, processed, p.get("grid"))
+        # the run's identity includes the distillation recipe (resume only the very same run)
+        info = {**info, "distill": {k: v for k, v in distill_section.items()}, "student": student}
+        segmentation = SegmentationLoss.for_data(cfg.loss, processed)
+        num_classes = int(processed.meta["num_classes"])
+        voxel_counts = (processed.stats.query("split == 'train'").groupby("class_id")["voxels"].sum()
+                        .reindex(range(num_classes), fill_value=0))
+        rarity = class_rarity(torch.tensor(voxel_counts.to_numpy(), dtype=torch.float64), dcfg.class_power)
+
+        extras, targets, source = None, None, "none"
+        if dcfg.uses_teacher and dcfg.mode == "cached":
+            teacher_cache = TeacherCache(cache, processed, file_sha256(teacher))
+            extras = teacher_cache.extras()
+
+            def targets(batch) -> TeacherTargets:
+                decoded = teacher_cache.decode(batch.extras)
+                return TeacherTargets(decoded["logp"], decoded.get("point_feature"), decoded.get("voxel_feature"))
+
+            source = f"cache {cache} ({teacher_cache.codec}, {teacher_cache.feature_dim}-dim features)"
+        elif dcfg.uses_teacher:
+            teacher_model, record = load_model(teacher, device)
+            if record["shards_hash"] != processed.meta["shards_hash"]:
+                raise ParamsError(f"{teacher}: trained on other shards than {data}; run `dvc repro teacher-train`")
+            for q in teacher_model.parameters():
+                q.requires_grad_(False)
+
+            @torch.no_grad()
+            def targets(batch) -> TeacherTargets:
+                t = teacher_model(batch.points)
+                return TeacherTargets(torch.log_softmax(t.point_logits.float(), 1), t.point_features.float(),
+                                      t.voxel_features.float()[t.point_to_voxel])
+
+            source = f"online teacher {teacher}"
+        loss = PVKDLoss(dcfg, segmentation, rarity, model.grid.size, targets).to(device)
+        trainer = Trainer(
+            model, loss.on_batch,
+            ScanDataset(data, "train", cfg.augment, cfg.seed, extras=extras), ScanDataset(data, "val"),
+            cfg, info, dist=dist, device=device, checkpoint_dir=checkpoints, live_dir=live, description=student,
+        )
+        if dist.is_main:
+            console.print(
+                f"{student}: {model_cfg['arch']} width {model_cfg['width']}, "
+                f"{sum(q.numel() for q in model.parameters()) / 1e6:.2f} M parameters, grid "
+                f"{'x'.join(map(str, model.grid.size))}; weights point {dcfg.point_weight}, voxel {dcfg.voxel_weight}, "
+                f"affinity {dcfg.affinity_weight} {list(dcfg.affinity_terms)}; teacher: {source}; "
+                f"{dist.world_size} process(es) on {device}"
+            )
+        fit_and_export(trainer, cfg, out)
+    finally:
+        distributed.shutdown()

@@ -1,0 +1,124 @@
+"""`pvkd distill` as DVC runs it: a student per params entry, from the cache or an online teacher, each
+logging exactly the terms its weights switch on; the cached and the online teacher give the same targets."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from pvkd.cli import app
+from pvkd.distill.cache import CacheConfig, make_cache
+from pvkd.shards import ProcessedData
+from pvkd.train.checkpoint import load_model, save_atomic
+
+from train_fixtures import ROOT, make_processed, save_teacher
+
+STUDENT = {"arch": "cylinder3d", "width": 2}
+TERMS = ("kl_point", "kl_voxel", "affinity_point", "affinity_voxel")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("distill")
+    processed = make_processed(root, {"00": 4, "08": 2}, {"train": ["00"], "val": ["08"]})
+    save_teacher(processed, root / "teacher.pt")
+    cache = CacheConfig(outputs="fp16", topk=5, feature_dim=8, feature_scans=2, batch_size=2, device="cpu")
+    make_cache(root / "teacher.pt", processed, root / "cache", cache, torch.device("cpu"))
+    return root, processed
+
+
+def write_params(path: Path, students: dict, **distill) -> Path:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["train"].update(epochs=1, batch_size=2, val_every=0, workers=0, threads=1, device="cpu", processes=1,
+                           log_every=1)
+    params["distill"].update(supervoxel={"size": [4, 4, 2], "count": 2, "points": 16, "voxels": 8}, **distill)
+    params["students"] = students
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def distill(root: Path, processed: Path, params: Path, name: str, folder: Path, cache: Path | None = None):
+    threads = torch.get_num_threads()
+    try:
+        return CliRunner().invoke(app, [
+            "distill", "--student", name, "--params", str(params), "--data", str(processed),
+            "--cache", str(cache or root / "cache"), "--teacher", str(root / "teacher.pt"),
+            "--out", str(folder / f"{name}.pt"), "--live", str(folder / name), "--checkpoints", str(folder / "ckpt"),
+        ])
+    finally:
+        torch.set_num_threads(threads)
+
+
+def logged_terms(live: Path) -> set[str]:
+    metrics = json.loads((live / "metrics.json").read_text())["train"]
+    return {t for t in TERMS if t in metrics}
+
+
+@pytest.mark.parametrize("mode", ["cached", "online"])
+def test_a_pvkd_student_trains_with_all_four_terms(setup, tmp_path, mode):
+    root, processed = setup
+    params = write_params(tmp_path / "params.yaml", {"pvkd": {"model": STUDENT}}, mode=mode)
+    done = distill(root, processed, params, "pvkd", tmp_path)
+    assert done.exit_code == 0, done.output
+    model, record = load_model(tmp_path / "pvkd.pt")
+    assert model.width == 2 and record["step"] == 2 and record["shards_hash"] == ProcessedData(processed).meta[
+        "shards_hash"]
+    assert logged_terms(tmp_path / "pvkd") == set(TERMS)
+    assert ("online teacher" in done.output) == (mode == "online")
+
+
+def test_student_overrides_pick_the_terms_and_the_baseline_needs_no_cache(setup, tmp_path):
+    root, processed = setup
+    students = {
+        "baseline": {"model": STUDENT, "distill": {"point_weight": 0, "voxel_weight": 0, "affinity_weight": 0}},
+        "hinton": {"model": STUDENT, "distill": {"voxel_weight": 0, "affinity_weight": 0}},
+        "voxels": {"model": STUDENT, "distill": {"affinity_terms": ["voxel"], "point_weight": 0}},
+    }
+    params = write_params(tmp_path / "params.yaml", students)
+    assert distill(root, processed, params, "baseline", tmp_path, cache=tmp_path / "no-cache").exit_code == 0
+    assert logged_terms(tmp_path / "baseline") == set()
+    assert distill(root, processed, params, "hinton", tmp_path).exit_code == 0
+    assert logged_terms(tmp_path / "hinton") == {"kl_point"}
+    assert distill(root, processed, params, "voxels", tmp_path).exit_code == 0
+    assert logged_terms(tmp_path / "voxels") == {"kl_voxel", "affinity_voxel"}
+
+
+def test_a_cubic_grid_student_distils_from_the_cylindrical_teachers_cache(setup, tmp_path):
+    root, processed = setup
+    student = {"arch": "minkunet", "width": 2, "grid": {"cubic": {"voxel_size": [2.0, 2.0, 0.5]}}}
+    params = write_params(tmp_path / "params.yaml", {"mink": {"model": student}})
+    done = distill(root, processed, params, "mink", tmp_path)
+    assert done.exit_code == 0, done.output
+    assert load_model(tmp_path / "mink.pt")[1]["grid"]["kind"] == "cubic"
+    assert logged_terms(tmp_path / "mink") == set(TERMS)
+
+
+def test_a_student_refuses_a_cache_of_another_teacher(setup, tmp_path):
+    root, processed = setup
+    params = write_params(tmp_path / "params.yaml", {"pvkd": {"model": STUDENT}})
+    other = tmp_path / "teacher.pt"
+    record = torch.load(root / "teacher.pt", weights_only=True)
+    save_atomic({**record, "step": 1}, other)
+    threads = torch.get_num_threads()
+    try:
+        done = CliRunner().invoke(app, [
+            "distill", "--student", "pvkd", "--params", str(params), "--data", str(processed),
+            "--cache", str(root / "cache"), "--teacher", str(other), "--out", str(tmp_path / "s.pt"),
+            "--live", str(tmp_path / "live"), "--checkpoints", str(tmp_path / "ckpt"),
+        ])
+    finally:
+        torch.set_num_threads(threads)
+    assert done.exit_code != 0
+    assert "another teacher" in str(done.exception) and "dvc repro cache-logits" in str(done.exception)
+
+
+def test_unknown_students_and_bad_weights_are_named(setup, tmp_path):
+    root, processed = setup
+    params = write_params(tmp_path / "params.yaml", {"pvkd": {"model": STUDENT}}, sampling="hardest")
+    done = distill(root, processed, params, "nobody", tmp_path)
+    assert "no student 'nobody'" in str(done.exception) and "pvkd" in str(done.exception)
+    done = distill(root, processed, params, "pvkd", tmp_path)
+    assert "sampling must be one of" in str(done.exception)
