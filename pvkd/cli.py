@@ -7,7 +7,7 @@ from rich.markup import escape
 
 from pvkd.console import console
 from pvkd.errors import PvkdError
-from pvkd.stages import model_info, preprocess, synth, teacher_train
+from pvkd.stages import cache_logits, distill, evaluate, model_info, predict, preprocess, report, synth, teacher_train
 
 app = typer.Typer(
     help="Point-to-Voxel Knowledge Distillation for LiDAR segmentation: the stages of the DVC pipeline.",
@@ -20,6 +20,11 @@ app.command("synth")(synth.main)
 app.command("preprocess")(preprocess.main)
 app.command("model-info")(model_info.main)
 app.command("teacher-train")(teacher_train.main)
+app.command("cache-logits")(cache_logits.main)
+app.command("distill")(distill.main)
+app.command("evaluate")(evaluate.main)
+app.command("predict")(predict.main)
+app.command("report")(report.main)
 
 
 def main() -> None:

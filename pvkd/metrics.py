@@ -88,7 +88,10 @@ class Scores:
 def scores(confusion, rules: str, class_names: Iterable[str]) -> Scores:
     """Score a confusion matrix (rows = prediction, columns = ground truth) by ``rules``."""
     iou = iou_per_class(confusion, rules)
-    miou = float(np.nanmean(iou[1:])) if rules == "nuscenes" else float(iou[1:].mean())
+    if rules == "nuscenes":  # NaN (no class seen at all) rather than numpy's empty-slice warning
+        miou = float(np.nanmean(iou[1:])) if not np.isnan(iou[1:]).all() else float("nan")
+    else:
+        miou = float(iou[1:].mean())
     conf = _apply_rules(confusion, rules)
     accuracy = float(np.trace(conf[1:, 1:]) / (conf[1:].sum() + 1e-15))
     return Scores(miou=miou, iou=tuple(float(v) for v in iou), accuracy=accuracy, class_names=tuple(class_names))

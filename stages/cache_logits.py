@@ -29,7 +29,7 @@ def main(
     from pvkd.train.distributed import resolve_device
 
     cfg = CacheConfig.from_dict(load_params(params, "cache"))
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, "cache.device")
     with progress_bar(f"cache-logits on {device}") as report:
         manifest = make_cache(teacher, data, out, cfg, device, progress=report)
     points = sum(s["num_points"] for s in manifest["scans"])

@@ -49,6 +49,7 @@ import torch
 
 from pvkd.errors import DataError, ParamsError
 from pvkd.shards import ProcessedData
+from pvkd.train.config import section_fields
 
 CACHE_FORMAT = "pvkd-teacher-cache/1"
 OUTPUT_CODECS = ("fp16", "int8", "topk")
@@ -75,11 +76,7 @@ class CacheConfig:
 
     @classmethod
     def from_dict(cls, section: dict) -> CacheConfig:
-        names = set(cls.__dataclass_fields__)
-        missing, unknown = sorted(names - set(section)), sorted(set(section) - names)
-        if missing or unknown:
-            raise ParamsError(f"cache: missing key(s) {missing}, unknown key(s) {unknown}")
-        cfg = cls(**section)
+        cfg = cls(**section_fields(cls, section, "cache"))
         if cfg.outputs not in OUTPUT_CODECS:
             raise ParamsError(f"cache.outputs must be one of {OUTPUT_CODECS}, got {cfg.outputs!r}")
         if cfg.topk < 1 or cfg.feature_dim < 0 or cfg.batch_size < 1 or cfg.feature_scans < 1:

@@ -34,6 +34,7 @@ from torch_scatter import scatter_mean
 from pvkd.distill import losses, supervoxels
 from pvkd.errors import ParamsError
 from pvkd.models import SegOutput
+from pvkd.train.config import section_fields
 from pvkd.train.losses import SegmentationLoss, voxel_labels
 
 MODES = ("cached", "online")
@@ -67,14 +68,8 @@ class DistillConfig:
 
     @classmethod
     def from_dict(cls, section: dict, where: str = "distill") -> DistillConfig:
-        names = set(cls.__dataclass_fields__)
-        missing, unknown = sorted(names - set(section)), sorted(set(section) - names)
-        if missing or unknown:
-            raise ParamsError(f"{where}: missing key(s) {missing}, unknown key(s) {unknown}")
-        sv = dict(section["supervoxel"])
-        sv_names = set(SupervoxelConfig.__dataclass_fields__)
-        if set(sv) != sv_names:
-            raise ParamsError(f"{where}.supervoxel needs exactly the keys {sorted(sv_names)}, got {sorted(sv)}")
+        section = section_fields(cls, section, where)
+        sv = section_fields(SupervoxelConfig, section["supervoxel"], f"{where}.supervoxel")
         sv["size"] = tuple(int(v) for v in sv["size"])
         values = {**section, "supervoxel": SupervoxelConfig(**sv),
                   "affinity_terms": tuple(section["affinity_terms"] or ())}

@@ -70,9 +70,9 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, section: dict[str, Any], where: str = "train") -> TrainConfig:
-        values = _typed(cls, section, where)
-        values["loss"] = LossConfig(**_typed(LossConfig, section["loss"], f"{where}.loss"))
-        augment = _typed(AugmentConfig, section["augment"], f"{where}.augment")
+        values = section_fields(cls, section, where)
+        values["loss"] = LossConfig(**section_fields(LossConfig, section["loss"], f"{where}.loss"))
+        augment = section_fields(AugmentConfig, section["augment"], f"{where}.augment")
         augment["scale"] = tuple(float(s) for s in augment["scale"])
         values["augment"] = AugmentConfig(**augment)
         cfg = cls(**values)
@@ -113,7 +113,7 @@ class TrainConfig:
         return {k: v for k, v in self.as_dict().items() if k not in RUNTIME_KEYS}
 
 
-def _typed(cls, section: dict[str, Any], where: str) -> dict[str, Any]:
+def section_fields(cls, section: dict[str, Any], where: str) -> dict[str, Any]:
     """``section`` restricted to ``cls``'s fields, every field present, no unknown key."""
     if not isinstance(section, dict):
         raise ParamsError(f"{where} must be a mapping, got {section!r}")

@@ -45,13 +45,19 @@ class DistInfo:
         return self.world_size > 1
 
 
+DEVICES = ("auto", "cpu", "cuda")
+
+
 def under_torchrun() -> bool:
     return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-def resolve_device(setting: str) -> torch.device:
+def resolve_device(setting: str, where: str = "train.device") -> torch.device:
+    """auto -> CUDA when visible, else the CPU; cuda without a visible GPU is an error naming ``where``."""
+    if setting not in DEVICES:
+        raise ParamsError(f"{where} must be one of {DEVICES}, got {setting!r}")
     if setting == "cuda" and not torch.cuda.is_available():
-        raise ParamsError("train.device is cuda but no CUDA device is visible; use auto or cpu")
+        raise ParamsError(f"{where} is cuda but no CUDA device is visible; use auto or cpu")
     if setting == "auto":
         setting = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(setting)
