@@ -5,8 +5,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pvkd.distill.cache import CacheConfig
+from pvkd.distill.objective import DistillConfig
+from pvkd.evaluate import EvalConfig
 from pvkd.grid import grid_from_params
 from pvkd.synth import SynthConfig
+from pvkd.train.config import merge_sections
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILES = ["params-semantickitti.yaml", "params-nuscenes.yaml", "params-synth64.yaml"]
@@ -37,6 +41,10 @@ def test_profile_values_are_valid(name):
     SynthConfig.from_dict(p["synth"])
     grid_from_params(p["grid"])
     assert p["data"]["dataset"] in ("semantickitti", "nuscenes")
+    CacheConfig.from_dict(p["cache"])
+    EvalConfig.from_dict(p["evaluate"])
+    for name, student in p["students"].items():
+        DistillConfig.from_dict(merge_sections(p["distill"], student.get("distill")), where=name)
 
 
 @pytest.mark.parametrize("name", ["params.yaml", "params-synth64.yaml"])
