@@ -555,12 +555,13 @@ def _place_labels(ax, xs, ys, labels, colors, fontsize: float = 9) -> None:
         x, y = pts[i]
         width = (len(labels[i]) * 0.62 * fontsize + 8) * px_per_pt
         ly = y
-        moved = True
-        while moved:
-            moved = False
-            for px, py, pw in placed:
-                if abs(px - x) < max(width, pw) and abs(py - ly) < line:
-                    ly, moved = py + line, True
+        # each pass lifts the label above a clash; len(placed) + 1 passes settle it (and bound the loop
+        # where float rounding would keep a clash forever)
+        for _ in range(len(placed) + 1):
+            clashes = [py for px, py, pw in placed if abs(px - x) < max(width, pw) and abs(py - ly) < line]
+            if not clashes:
+                break
+            ly = max(clashes) + line
         placed.append((x, ly, width))
         offset = (6, (ly - y) / px_per_pt)
         arrow = dict(arrowstyle="-", color="#999999", linewidth=0.6) if ly - y > line * 0.5 else None

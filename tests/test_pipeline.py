@@ -1,10 +1,12 @@
 """`dvc repro` end to end on a tiny profile, in a throw-away git repository.
 
-Asserts on DVC's own output: the first repro runs synth, preprocess and teacher-train (a width-2
-teacher, two steps), the second does nothing, and `dvc exp run -S synth.seed=1` regenerates,
-reprocesses and retrains.
+Asserts on DVC's own output: the first repro runs every stage (a width-2 teacher, two steps; two
+width-2 students), the second does nothing, `dvc exp run -S distill.affinity_weight=0.5` re-runs
+only the students, evaluate and report and leaves the teacher cache as it was, and
+`dvc exp run -S synth.seed=1` regenerates, reprocesses and retrains.
 """
 
+import hashlib
 import json
 import os
 import shutil
@@ -40,6 +42,14 @@ def repo(tmp_path):
     params["preprocess"]["workers"] = 1
     params["teacher"]["model"]["width"] = 2
     params["teacher"]["train"] = {"epochs": 1}
+    params["cache"].update(feature_scans=1, batch_size=1)
+    student = {"arch": "cylinder3d", "width": 2}
+    params["students"] = {
+        "pvkd": {"description": "PVKD", "model": student},
+        "baseline": {"description": "no distillation", "model": student,
+                     "distill": {"point_weight": 0.0, "voxel_weight": 0.0, "affinity_weight": 0.0}},
+    }
+    params["evaluate"].update(cost_scans=1, latency_runs=1, batch_size=1)
     params["train"].update(batch_size=1, val_every=0, checkpoint_every=0, workers=0, threads=1, processes=1,
                            device="cpu")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
@@ -50,14 +60,26 @@ def repo(tmp_path):
     return tmp_path
 
 
-def test_repro_then_noop_then_experiment(repo):
+STAGES = ("synth", "preprocess", "teacher-train", "cache-logits", "distill@pvkd", "distill@baseline", "evaluate",
+          "report")
+
+
+def tree_digest(folder: Path) -> dict[str, str]:
+    return {str(f.relative_to(folder)): hashlib.sha256(f.read_bytes()).hexdigest()
+            for f in sorted(folder.rglob("*")) if f.is_file()}
+
+
+def test_repro_then_noop_then_experiments(repo):
     first = sh("dvc", "repro", cwd=repo)
-    assert all(f"Running stage '{stage}'" in first for stage in ("synth", "preprocess", "teacher-train"))
+    assert all(f"Running stage '{stage}'" in first for stage in STAGES)
     meta = json.loads((repo / "data/processed/meta.json").read_text())
     assert meta["splits"]["train"]["scans"] == 2 and meta["splits"]["val"]["scans"] == 2
     teacher = torch.load(repo / "models/teacher.pt", weights_only=True)
     assert teacher["shards_hash"] == meta["shards_hash"] and teacher["step"] == 2
-    assert "dvclive/teacher/metrics.json" in sh("dvc", "metrics", "show", cwd=repo)
+    shown = sh("dvc", "metrics", "show", cwd=repo)
+    assert "dvclive/teacher/metrics.json" in shown and "metrics/evaluate.json" in shown
+    assert list(json.loads((repo / "metrics/evaluate.json").read_text())) == ["teacher", "pvkd", "baseline"]
+    assert (repo / "report/report.html").is_file()
 
     again = sh("dvc", "repro", cwd=repo)
     assert "Running stage" not in again
@@ -65,6 +87,13 @@ def test_repro_then_noop_then_experiment(repo):
 
     sh("git", "add", "-A", cwd=repo)
     sh("git", "commit", "-qm", "lock", cwd=repo)
+    cache = tree_digest(repo / "data/teacher_cache")
+    exp = sh("dvc", "exp", "run", "-S", "distill.affinity_weight=0.5", cwd=repo)
+    ran = {stage for stage in STAGES if f"Running stage '{stage}'" in exp}
+    assert ran == {"distill@pvkd", "distill@baseline", "evaluate", "report"}, exp
+    assert "Stage 'cache-logits' didn't change, skipping" in exp
+    assert tree_digest(repo / "data/teacher_cache") == cache
+
     exp = sh("dvc", "exp", "run", "-S", "synth.seed=1", cwd=repo)
     assert all(f"Running stage '{stage}'" in exp for stage in ("synth", "preprocess", "teacher-train"))
     assert json.loads((repo / "data/processed/meta.json").read_text())["shards_hash"] != meta["shards_hash"]

@@ -408,3 +408,20 @@ def test_chromium_renders_every_figure(built, tmp_path):
     image = np.asarray(Image.open(shot).convert("L"), dtype=np.float64)
     assert image.shape == (2400, 1280)
     assert image.std() > 20 and (image < 128).mean() > 0.005  # text and figures, not a blank page
+
+
+def test_labels_of_models_with_the_same_cost_are_stacked_apart():
+    # three students of one architecture share MACs and nearly share mIoU (this once looped forever)
+    import matplotlib.pyplot as plt
+
+    from pvkd.report import _place_labels
+
+    fig, ax = plt.subplots()
+    xs, ys = np.array([2.529, 2.529, 2.529, 10.0]), np.array([39.99, 39.59, 38.74, 47.37])
+    ax.scatter(xs, ys)
+    _place_labels(ax, xs, ys, ["pvkd", "baseline", "hinton", "teacher"], ["k"] * 4)
+    fig.canvas.draw()
+    heights = sorted(t.get_window_extent().y0 for t in ax.texts[:3])
+    assert len(ax.texts) == 4
+    assert min(b - a for a, b in zip(heights, heights[1:])) > 5  # pixels: no two labels on one line
+    plt.close(fig)
