@@ -52,7 +52,7 @@ def repo(tmp_path):
     params["evaluate"].update(cost_scans=1, latency_runs=1, batch_size=1)
     params["train"].update(batch_size=1, val_every=0, checkpoint_every=0, workers=0, threads=1, processes=1,
                            device="cpu")
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (tmp_path / ".gitignore").write_text("__pycache__/\n")
     sh("git", "init", "-q", cwd=tmp_path)
     sh("git", "add", "-A", cwd=tmp_path)
