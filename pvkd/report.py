@@ -766,8 +766,9 @@ def section_distance(metrics, eval_dir: Path, colors, teacher) -> Section:
     section = Section("mIoU by distance", "distance")
     bands, section.notes = distance_miou(metrics, eval_dir)
     if bands:
-        section.blocks.append("mIoU of the val points in each band of distance from the sensor (x-y plane); a "
-                              "band without labelled points of a class leaves that class out of its mean.")
+        section.blocks.append("mIoU of the val points in each band of 3D range from the sensor, each band scored by "
+                              "the dataset's rules as the official by-distance scorer does: under SemanticKITTI's, a "
+                              "class absent from a band scores 0 there, which lowers the far bands.")
         section.blocks.append(figure_distance(bands, colors, teacher))
     return section
 
