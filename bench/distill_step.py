@@ -25,8 +25,7 @@ import torch
 import yaml
 
 from pvkd.distill.cache import TeacherCache, file_sha256
-from pvkd.distill.objective import DistillConfig, PVKDLoss, TeacherTargets
-from pvkd.distill.supervoxels import class_rarity
+from pvkd.distill.objective import DistillConfig, PVKDLoss, cached_targets, online_targets, train_rarity
 from pvkd.shards import ProcessedData
 from pvkd.train.checkpoint import load_model, model_for_data
 from pvkd.train.config import TrainConfig
@@ -63,23 +62,10 @@ def main() -> None:
     data = ProcessedData(args.data)
     cache = TeacherCache(args.cache, data, file_sha256(args.teacher))
     teacher, _ = load_model(args.teacher, device)
-    for p in teacher.parameters():
-        p.requires_grad_(False)
     dataset = ScanDataset(args.data, "train", cfg.augment, cfg.seed, extras=cache.extras())
     segmentation = SegmentationLoss.for_data(cfg.loss, data).to(device)
-    counts = data.stats.query("split == 'train'").groupby("class_id")["voxels"].sum()
-    rarity = class_rarity(torch.tensor(counts.reindex(range(int(data.meta["num_classes"])), fill_value=0)
-                                       .to_numpy(), dtype=torch.float64), dcfg.class_power)
-
-    def cached(batch):
-        decoded = cache.decode(batch.extras)
-        return TeacherTargets(decoded["logp"], decoded["point_feature"], decoded["voxel_feature"])
-
-    @torch.no_grad()
-    def online(batch):
-        t = teacher(batch.points)
-        return TeacherTargets(torch.log_softmax(t.point_logits.float(), 1), t.point_features.float(),
-                              t.voxel_features.float()[t.point_to_voxel])
+    rarity = train_rarity(data, dcfg.class_power)
+    cached, online = cached_targets(cache), online_targets(teacher)
 
     student_cfg = params["students"][args.student]["model"]
     variants = {}

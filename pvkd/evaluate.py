@@ -29,9 +29,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +37,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pvkd.atomic import atomic_path
 from pvkd.errors import DataError, ParamsError
 from pvkd.metrics import HEADS, confusion_matrix, head_logits, predict, scores
 from pvkd.models import PointBatch, SparseSegmentationModel, parameter_counts
@@ -321,19 +320,6 @@ def evaluate_models(
 
 
 # ---------------------------------------------------------------- outputs
-
-
-@contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """A temporary name beside ``path`` to write to; renamed over ``path`` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def long_tables(metrics: dict[str, dict]) -> tuple[pd.DataFrame, pd.DataFrame]:

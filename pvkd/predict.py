@@ -24,9 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pvkd.atomic import atomic_path
 from pvkd.datasets.semantickitti import write_predictions as write_semantickitti_labels
 from pvkd.errors import DataError
-from pvkd.evaluate import atomic_path, check_model_fits, predict_split
+from pvkd.evaluate import check_model_fits, predict_split
 from pvkd.shards import ProcessedData
 from pvkd.train.data import ScanDataset
 

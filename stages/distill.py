@@ -54,11 +54,9 @@ def main(
     teacher on each batch (online). Same engine as teacher-train: DDP under torchrun with
     train.processes > 1, resumes after an interruption, curves in dvclive.
     """
-    import torch
 
     from pvkd.distill.cache import TeacherCache, file_sha256
-    from pvkd.distill.objective import DistillConfig, PVKDLoss, TeacherTargets
-    from pvkd.distill.supervoxels import class_rarity
+    from pvkd.distill.objective import DistillConfig, PVKDLoss, cached_targets, online_targets, train_rarity
     from pvkd.shards import ProcessedData
     from pvkd.stages.teacher_train import fit_and_export
     from pvkd.train import distributed
@@ -88,37 +86,20 @@ def main(
         processed = ProcessedData(data)
         model, info = model_for_data(model_cfg, processed, p.get("grid"))
         # the run's identity includes the distillation recipe (resume only the very same run)
-        info = {**info, "distill": {k: v for k, v in distill_section.items()}, "student": student}
+        info = {**info, "distill": dict(distill_section), "student": student}
         segmentation = SegmentationLoss.for_data(cfg.loss, processed)
-        num_classes = int(processed.meta["num_classes"])
-        voxel_counts = (processed.stats.query("split == 'train'").groupby("class_id")["voxels"].sum()
-                        .reindex(range(num_classes), fill_value=0))
-        rarity = class_rarity(torch.tensor(voxel_counts.to_numpy(), dtype=torch.float64), dcfg.class_power)
+        rarity = train_rarity(processed, dcfg.class_power)
 
         extras, targets, source = None, None, "none"
         if dcfg.uses_teacher and dcfg.mode == "cached":
             teacher_cache = TeacherCache(cache, processed, file_sha256(teacher))
-            extras = teacher_cache.extras()
-
-            def targets(batch) -> TeacherTargets:
-                decoded = teacher_cache.decode(batch.extras)
-                return TeacherTargets(decoded["logp"], decoded.get("point_feature"), decoded.get("voxel_feature"))
-
+            extras, targets = teacher_cache.extras(), cached_targets(teacher_cache)
             source = f"cache {cache} ({teacher_cache.codec}, {teacher_cache.feature_dim}-dim features)"
         elif dcfg.uses_teacher:
             teacher_model, record = load_model(teacher, device)
             if record["shards_hash"] != processed.meta["shards_hash"]:
                 raise ParamsError(f"{teacher}: trained on other shards than {data}; run `dvc repro teacher-train`")
-            for q in teacher_model.parameters():
-                q.requires_grad_(False)
-
-            @torch.no_grad()
-            def targets(batch) -> TeacherTargets:
-                t = teacher_model(batch.points)
-                return TeacherTargets(torch.log_softmax(t.point_logits.float(), 1), t.point_features.float(),
-                                      t.voxel_features.float()[t.point_to_voxel])
-
-            source = f"online teacher {teacher}"
+            targets, source = online_targets(teacher_model), f"online teacher {teacher}"
         loss = PVKDLoss(dcfg, segmentation, rarity, model.grid.size, targets).to(device)
         trainer = Trainer(
             model, loss.on_batch,

@@ -36,9 +36,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
+import shutil
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +49,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from pvkd.atomic import atomic_path
 from pvkd.errors import DataError, ParamsError
 from pvkd.shards import ProcessedData
 from pvkd.train.config import section_fields
@@ -60,6 +63,8 @@ FEATURE_SCALE = 127.0
 # a probability no codec stores below (keeps log finite; e^-30 is far below any fp16 step)
 MIN_LOGP = -30.0
 SPLIT = "train"
+# the cache params that decide its content
+CONTENT_KEYS = ("outputs", "topk", "feature_dim", "feature_scans")
 WRITE_OPTIONS = dict(compression="zstd")
 
 
@@ -85,8 +90,7 @@ class CacheConfig:
 
     def key(self) -> dict:
         """What decides the cache's content (batch_size and device only decide how fast it is made)."""
-        return {"outputs": self.outputs, "topk": self.topk, "feature_dim": self.feature_dim,
-                "feature_scans": self.feature_scans}
+        return {name: getattr(self, name) for name in CONTENT_KEYS}
 
 
 # ---------------------------------------------------------------------------------------------- codecs
@@ -183,9 +187,8 @@ def file_sha256(path: str | Path) -> str:
 
 
 def _write_json_atomic(obj: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2))
 
 
 def _shard_table(columns: dict[str, np.ndarray]) -> pa.Table:
@@ -197,6 +200,12 @@ def _shard_table(columns: dict[str, np.ndarray]) -> pa.Table:
             pa.binary(width), len(records), [None, pa.py_buffer(records.tobytes())]
         )
     return pa.table(arrays)
+
+
+def read_records(path: Path, row_group: int) -> dict[str, np.ndarray]:
+    """One scan's encoded records (one row group of a cache shard): column -> (N, width) uint8."""
+    table = pq.ParquetFile(path, memory_map=True).read_row_group(row_group)
+    return {name: _column_bytes(table, name) for name in table.column_names}
 
 
 def _column_bytes(table: pa.Table, name: str) -> np.ndarray:
@@ -237,8 +246,7 @@ class TeacherCache:
 
     def read(self, shard: str, row_group: int) -> dict[str, np.ndarray]:
         """The encoded records of one scan (uint8 arrays, one row per point of the shard's row group)."""
-        table = pq.ParquetFile(self.root / shard, memory_map=True).read_row_group(row_group)
-        return {name: _column_bytes(table, name) for name in table.column_names}
+        return read_records(self.root / shard, row_group)
 
     def extras(self) -> Callable[[pd.Series], dict[str, np.ndarray]]:
         """The ``extras`` of :class:`pvkd.train.data.ScanDataset`: a scan's records, checked for its point count."""
@@ -264,8 +272,7 @@ class _CacheExtras:
         if self.points.get(key) != int(row["num_points"]):
             raise DataError(f"{self.root}: no cached teacher outputs for {key[0]} scan {key[1]} "
                             "with its point count; run `dvc repro cache-logits`")
-        table = pq.ParquetFile(self.root / key[0], memory_map=True).read_row_group(key[1])
-        return {f"teacher_{name}": _column_bytes(table, name).copy() for name in table.column_names}
+        return {f"teacher_{name}": records.copy() for name, records in read_records(self.root / key[0], key[1]).items()}
 
 
 # ---------------------------------------------------------------------------------------------- writing
@@ -291,15 +298,13 @@ def build_manifest(cfg: CacheConfig, teacher_record: dict, teacher_sha256: str, 
 
 def same_run(a: dict, b: dict) -> bool:
     """Whether two manifests describe the same cache content (so finished shards can be kept)."""
-    keys = ("format", "teacher_sha256", "shards_hash", "outputs", "topk", "feature_dim", "feature_scans")
+    keys = ("format", "teacher_sha256", "shards_hash", *CONTENT_KEYS)
     return all(a.get(k) == b.get(k) for k in keys)
 
 
 def write_shard(path: Path, columns: list[dict[str, np.ndarray]]) -> None:
     """One cache shard, one row group per scan, written whole under a temporary name."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         writer = None
         for scan in columns:
             table = _shard_table(scan)
@@ -308,9 +313,6 @@ def write_shard(path: Path, columns: list[dict[str, np.ndarray]]) -> None:
             writer.write_table(table, row_group_size=max(table.num_rows, 1))
         if writer is not None:
             writer.close()
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 @torch.no_grad()
@@ -336,9 +338,6 @@ def make_cache(
     ``progress(done, total)`` counts scans; ``after_shard(name)`` is called once a shard is on disk
     (the tests interrupt a run there).
     """
-    from contextlib import nullcontext
-    from functools import partial
-
     from pvkd.train.checkpoint import load_model
     from pvkd.train.data import ScanDataset, make_loader
 
@@ -394,8 +393,6 @@ def make_cache(
 
 def _resumable_shards(out: Path, manifest: dict) -> set[str]:
     """Shards an earlier, unfinished run of the same cache left complete; anything else in ``out`` is removed."""
-    import shutil
-
     path = out / "manifest.json"
     if path.is_file():
         previous = json.loads(path.read_text())

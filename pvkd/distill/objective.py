@@ -25,6 +25,7 @@ A term whose weight is 0 is not computed (the no-distillation baseline never tou
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -32,10 +33,12 @@ from torch import nn
 from torch_scatter import scatter_mean
 
 from pvkd.distill import losses, supervoxels
+from pvkd.distill.cache import TeacherCache, teacher_targets
 from pvkd.errors import ParamsError
 from pvkd.models import SegOutput
+from pvkd.shards import ProcessedData
 from pvkd.train.config import section_fields
-from pvkd.train.losses import SegmentationLoss, voxel_labels
+from pvkd.train.losses import SegmentationLoss, class_counts, voxel_labels
 
 MODES = ("cached", "online")
 SAMPLING = ("difficulty", "class", "distance", "uniform")
@@ -114,6 +117,33 @@ class TeacherTargets:
     voxel_feature: torch.Tensor | None  # (N, d): the feature of the teacher voxel holding the point
 
 
+def cached_targets(cache: TeacherCache):
+    """``batch -> TeacherTargets`` decoded from the cache records the batch carries (``batch.extras``)."""
+
+    def targets(batch) -> TeacherTargets:
+        decoded = cache.decode(batch.extras)
+        return TeacherTargets(decoded["logp"], decoded.get("point_feature"), decoded.get("voxel_feature"))
+
+    return targets
+
+
+def online_targets(teacher: nn.Module):
+    """``batch -> TeacherTargets`` from the frozen ``teacher`` run on the batch itself (the reference mode)."""
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+
+    def targets(batch) -> TeacherTargets:
+        # the training step's autocast is already on: no second one here
+        return TeacherTargets(*teacher_targets(teacher, batch, nullcontext))
+
+    return targets
+
+
+def train_rarity(data: ProcessedData, power: float) -> torch.Tensor:
+    """The class term of the sampling, from the train split's voxel counts (:func:`supervoxels.class_rarity`)."""
+    return supervoxels.class_rarity(class_counts(data.stats, "train", "voxels"), power)
+
+
 class PVKDLoss(nn.Module):
     """The student's loss. ``teacher_targets(batch) -> TeacherTargets`` supplies the teacher's side.
 
@@ -171,10 +201,9 @@ class PVKDLoss(nn.Module):
     def sample_groups(self, output: SegOutput, batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Draw K supervoxels per scan by ``distill.sampling``; the points and voxels kept in each."""
         cfg, sv = self.cfg, self.cfg.supervoxel
-        grid_size = self.grid_size
         coords = output.voxel_coords
-        block_of_voxel = supervoxels.block_index(coords, grid_size, sv.size)
-        per_scan = supervoxels.blocks_per_scan(grid_size, sv.size)
+        block_of_voxel = supervoxels.block_index(coords, self.grid_size, sv.size)
+        per_scan = supervoxels.blocks_per_scan(self.grid_size, sv.size)
         batch_size = batch.points.batch_size
         labels = voxel_labels(batch.labels, output.point_to_voxel, coords.shape[0], len(self.rarity))
         planar_range = batch.points.xyz[:, :2].norm(dim=1)

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pvkd.atomic import atomic_path
 from pvkd.errors import DataError, ParamsError
 from pvkd.grid import Grid
 from pvkd.models import SparseSegmentationModel, build_model
@@ -37,17 +38,10 @@ MODEL_FORMAT = "pvkd-model/1"
 
 def save_atomic(obj: Any, path: str | Path) -> None:
     """``torch.save`` to a temporary name beside ``path``, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def load(path: str | Path) -> dict:

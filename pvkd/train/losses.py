@@ -81,6 +81,11 @@ def voxel_labels(point_labels: torch.Tensor, point_to_voxel: torch.Tensor, num_v
     return votes.argmax(dim=1)
 
 
+def class_counts(stats: pd.DataFrame, split: str, unit: str) -> np.ndarray:
+    """(C,) float64 counts of ``unit`` (points | voxels) per class id in ``split``, from the preprocess stats."""
+    return stats[stats["split"] == split].groupby("class_id")[unit].sum().sort_index().to_numpy(dtype=np.float64)
+
+
 def class_weights(stats: pd.DataFrame, split: str, unit: str, power: float) -> torch.Tensor:
     """CE weights ``w_c ∝ f_c ** -power`` from the preprocess stats (``unit``: points | voxels).
 
@@ -88,8 +93,7 @@ def class_weights(stats: pd.DataFrame, split: str, unit: str, power: float) -> t
     so a labelled element weighs 1 on average (sum_c f_c w_c = 1). The ignored class and
     classes absent from the split get 0.
     """
-    counts = stats[stats["split"] == split].groupby("class_id")[unit].sum().sort_index()
-    counts = counts.to_numpy(dtype=np.float64)
+    counts = class_counts(stats, split, unit)
     counts[IGNORE] = 0
     share = counts / counts.sum()
     weights = np.zeros_like(share)
