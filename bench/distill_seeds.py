@@ -6,7 +6,8 @@ scan order and augmentation change; the teacher and its cache stay), the final w
 split by the official rules (the final validation of the run: point head, one confusion matrix).
 Reported per student: mean and sample standard deviation of the val mIoU over the seeds, and for
 each distilled student the gain over the no-distillation one against twice the larger of their
-standard deviations, and the fraction of the teacher–baseline gap it closes.
+standard deviations, the fraction of the teacher–baseline gap it closes, and the same-seed
+differences (a seed fixes initial weights, scan order and augmentation, so they are paired).
 
     python bench/distill_seeds.py --seeds 0 1 2 --students baseline hinton pvkd --parallel 2
 
@@ -30,7 +31,7 @@ import torch
 import yaml
 
 
-def run(name: str, seed: int, params: dict, work: Path, threads: int) -> dict:
+def run(name: str, seed: int, params: dict, work: Path, threads: int, cache: str) -> dict:
     """One student at one seed; returns its record's final validation."""
     folder = work / f"{name}-seed{seed}"
     folder.mkdir(parents=True, exist_ok=True)
@@ -43,7 +44,8 @@ def run(name: str, seed: int, params: dict, work: Path, threads: int) -> dict:
     if not out.is_file():  # rerunning the benchmark reuses finished runs
         done = subprocess.run(
             [sys.executable, "-m", "pvkd", "distill", "--student", name, "--params", str(folder / "params.yaml"),
-             "--out", str(out), "--live", str(folder / "live"), "--checkpoints", str(folder / "ckpt")],
+             "--out", str(out), "--live", str(folder / "live"), "--checkpoints", str(folder / "ckpt"),
+             "--cache", cache],
             capture_output=True, text=True,
         )
         (folder / "log.txt").write_text(done.stdout + done.stderr)
@@ -62,6 +64,7 @@ def main() -> None:
     parser.add_argument("--students", nargs="+", default=["baseline", "hinton", "pvkd"])
     parser.add_argument("--baseline", default="baseline", help="the no-distillation student")
     parser.add_argument("--teacher", default="models/teacher.pt")
+    parser.add_argument("--cache", default="data/teacher_cache", help="teacher cache the students read")
     parser.add_argument("--parallel", type=int, default=2, help="runs at once (one CPU thread each on the CPU)")
     parser.add_argument("--work", default="bench/work/distill_seeds")
     parser.add_argument("--out", default=None)
@@ -70,7 +73,7 @@ def main() -> None:
     threads = max(1, (os.cpu_count() or 1) // args.parallel)
     jobs = [(name, seed) for seed in args.seeds for name in args.students]
     with ThreadPoolExecutor(args.parallel) as pool:
-        runs = list(pool.map(lambda job: run(*job, params, Path(args.work), threads), jobs))
+        runs = list(pool.map(lambda job: run(*job, params, Path(args.work), threads, args.cache), jobs))
 
     teacher = torch.load(args.teacher, weights_only=True)["val"]["miou"]
     summary = {}
@@ -84,6 +87,8 @@ def main() -> None:
             continue
         gain = s["mean"] - base["mean"]
         noise = 2 * max(s["std"], base["std"])
+        # a seed fixes the initial weights, scan order and augmentation: same-seed differences are paired
+        s["paired_gain_per_seed"] = [a - b for a, b in zip(s["per_seed"], base["per_seed"])]
         s["gain_over_baseline"] = gain
         s["gain_beyond_2_std"] = gain > noise
         s["gap_closed"] = gain / (teacher - base["mean"]) if teacher > base["mean"] else None
@@ -92,12 +97,16 @@ def main() -> None:
         extra = ""
         if "gain_over_baseline" in s:
             closed = f"{s['gap_closed']:.0%}" if s["gap_closed"] is not None else "n/a"
+            paired = ", ".join(f"{100 * d:+.2f}" for d in s["paired_gain_per_seed"])
             extra = (f"; gain {100 * s['gain_over_baseline']:+.2f} points "
-                     f"({'beyond' if s['gain_beyond_2_std'] else 'within'} 2 std), gap closed {closed}")
+                     f"({'beyond' if s['gain_beyond_2_std'] else 'within'} 2 std), gap closed {closed}, "
+                     f"per seed {paired}")
         print(f"{name}: {100 * s['mean']:.2f} ± {100 * s['std']:.2f} over seeds {args.seeds}{extra}")
     result = {
         "device": platform.processor() or "cpu", "teacher_miou": teacher, "seeds": args.seeds,
         "students": {n: params["students"][n] for n in args.students}, "distill": params["distill"],
+        "cache": {k: v for k, v in json.loads((Path(args.cache) / "manifest.json").read_text()).items()
+                  if k in ("outputs", "topk", "feature_dim", "bytes_per_point")},
         "train_epochs": params["train"]["epochs"], "summary": summary, "runs": runs,
     }
     out = Path(args.out or "bench/results/distill_seeds_cpu.json")

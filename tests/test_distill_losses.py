@@ -7,6 +7,7 @@ import torch
 
 from pvkd.distill.losses import (
     affinity_loss,
+    class_row_weights,
     cosine_affinity,
     kl_divergence,
     tempered,
@@ -69,6 +70,26 @@ def test_kl_gradient_flows_to_the_student_only():
     # gradient of T^2 KL_T w.r.t. the student logits: T * (q_T - p_T)
     expected = t * (torch.softmax(student.detach() / t, 1) - torch.softmax(teacher.detach() / t, 1))
     assert torch.allclose(student.grad, expected, atol=1e-6)
+
+
+def test_class_weighted_kl_is_the_weighted_mean_of_the_rows():
+    # rows: KL_0 (student uniform vs teacher (1/4, 3/4)) and KL_1 = 0; weights 3 and 1
+    teacher = logp([0.25, 0.75], [0.25, 0.75])
+    student = torch.tensor([[0.0, 0.0], [0.0, math.log(3.0)]])
+    row0 = 0.25 * math.log(0.25 / 0.5) + 0.75 * math.log(0.75 / 0.5)
+    weighted = kl_divergence(student, teacher, 1.0, row_weights=torch.tensor([3.0, 1.0]))
+    assert weighted.item() == pytest.approx(3 * row0 / 4, rel=1e-5)
+    # equal weights give the plain mean, whatever their scale
+    plain = kl_divergence(student, teacher, 1.0)
+    assert kl_divergence(student, teacher, 1.0, row_weights=torch.full((2,), 7.0)).item() == pytest.approx(plain.item())
+
+
+def test_class_row_weights_take_the_label_or_the_teachers_top_class():
+    class_weights = torch.tensor([0.0, 0.5, 2.0, 4.0])  # class 0: ignored
+    labels = torch.tensor([1, 3, 0, 0])
+    teacher = logp([0.1, 0.2, 0.6, 0.1], [0.1, 0.7, 0.1, 0.1], [0.1, 0.1, 0.1, 0.7], [0.05, 0.8, 0.1, 0.05])
+    # labelled rows weigh by their label; unlabelled ones by the teacher's argmax (3, then 1)
+    assert class_row_weights(class_weights, labels, teacher).tolist() == [0.5, 4.0, 4.0, 0.5]
 
 
 def test_kl_empty_rows_is_attached_zero():

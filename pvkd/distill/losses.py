@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch_scatter import scatter_mean
 
+from pvkd.train.losses import IGNORE
+
 # floor of the voxel probabilities before their log: float32's smallest normal number
 # (log = -87.3), so a class no point of the voxel gives any mass stays finite
 PROB_FLOOR = torch.finfo(torch.float32).tiny
@@ -56,8 +58,11 @@ def tempered(logprobs: torch.Tensor, temperature: float) -> torch.Tensor:
 
 
 def kl_divergence(student_logits: torch.Tensor, teacher_logprobs: torch.Tensor, temperature: float,
-                  teacher_tempered: bool = False) -> torch.Tensor:
+                  teacher_tempered: bool = False, row_weights: torch.Tensor | None = None) -> torch.Tensor:
     """``T^2 * mean_rows KL(p_t || p_s)``, both distributions at temperature ``T``.
+
+    With ``row_weights`` (M,) the mean is the weighted one, ``sum_m w_m KL_m / sum_m w_m`` (as a
+    class-weighted cross-entropy averages; see :func:`class_row_weights`).
 
     ``student_logits`` (M, C) are raw logits; ``teacher_logprobs`` (M, C) are log-probabilities at
     temperature 1, tempered here with :func:`tempered` -- unless ``teacher_tempered``, which says
@@ -77,7 +82,25 @@ def kl_divergence(student_logits: torch.Tensor, teacher_logprobs: torch.Tensor, 
         # where p_t = 0 (log_pt = -inf) the product would be 0 * -inf = NaN; its term is 0.
         # The gradient through the discarded branch is 0 * -p_t = 0: no NaN leaks backwards either.
         pointwise = torch.where(p_t > 0, p_t * (log_pt - log_ps), torch.zeros_like(p_t))
-        return pointwise.sum(dim=1).mean() * (temperature * temperature)
+        rows = pointwise.sum(dim=1)
+        if row_weights is None:
+            mean = rows.mean()
+        else:
+            weights = row_weights.detach().float()
+            mean = (rows * weights).sum() / weights.sum().clamp_min(1e-12)
+        return mean * (temperature * temperature)
+
+
+def class_row_weights(class_weights: torch.Tensor, labels: torch.Tensor, teacher_logprobs: torch.Tensor) -> torch.Tensor:
+    """Weights (M,) of KL rows: the class weight of each row's label, of the teacher's top class where unlabelled.
+
+    ``class_weights`` (C,) are the segmentation loss's CE weights (0 for the ignored class 0);
+    ``labels`` (M,) the rows' labels (:data:`~pvkd.train.losses.IGNORE` = unlabelled). Weighing the KL rows as the CE weighs its
+    rows keeps the class balance the CE weights set: an unweighted KL, dominated by the frequent
+    classes, pulls a student's rare classes back towards the frequent ones.
+    """
+    classes = torch.where(labels != IGNORE, labels, teacher_logprobs.argmax(dim=1))
+    return class_weights[classes]
 
 
 def voxel_teacher_logprobs(teacher_logprobs: torch.Tensor, point_to_voxel: torch.Tensor, num_voxels: int,

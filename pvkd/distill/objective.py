@@ -59,6 +59,7 @@ class DistillConfig:
 
     mode: str
     temperature: float
+    kl_class_weights: bool
     point_weight: float
     voxel_weight: float
     affinity_weight: float
@@ -74,7 +75,7 @@ class DistillConfig:
         section = section_fields(cls, section, where)
         sv = section_fields(SupervoxelConfig, section["supervoxel"], f"{where}.supervoxel")
         sv["size"] = tuple(int(v) for v in sv["size"])
-        values = {**section, "supervoxel": SupervoxelConfig(**sv),
+        values = {**section, "supervoxel": SupervoxelConfig(**sv), "kl_class_weights": bool(section["kl_class_weights"]),
                   "affinity_terms": tuple(section["affinity_terms"] or ())}
         for key in ("temperature", "point_weight", "voxel_weight", "affinity_weight", "class_power",
                     "distance_scale_m", "distance_power"):
@@ -173,13 +174,22 @@ class PVKDLoss(nn.Module):
         """The weighted PVKD terms that have a non-zero weight."""
         cfg, terms = self.cfg, {}
         temperature = cfg.temperature
+        point_class_weights, voxel_class_weights = self.segmentation.point_weights, self.segmentation.voxel_weights
+        weighted = cfg.kl_class_weights and point_class_weights is not None
         if cfg.point_weight > 0:
-            terms["kl_point"] = cfg.point_weight * losses.kl_divergence(output.point_logits, teacher.logp, temperature)
+            rows = losses.class_row_weights(point_class_weights, batch.labels, teacher.logp) if weighted else None
+            terms["kl_point"] = cfg.point_weight * losses.kl_divergence(
+                output.point_logits, teacher.logp, temperature, row_weights=rows
+            )
         if cfg.voxel_weight > 0:
             num_voxels = output.voxel_logits.shape[0]
             target = losses.voxel_teacher_logprobs(teacher.logp, output.point_to_voxel, num_voxels, temperature)
+            rows = None
+            if weighted:
+                labels = voxel_labels(batch.labels, output.point_to_voxel, num_voxels, len(voxel_class_weights))
+                rows = losses.class_row_weights(voxel_class_weights, labels, target)
             terms["kl_voxel"] = cfg.voxel_weight * losses.kl_divergence(
-                output.voxel_logits, target, temperature, teacher_tempered=True
+                output.voxel_logits, target, temperature, teacher_tempered=True, row_weights=rows
             )
         if cfg.uses_affinity:
             if teacher.point_feature is None:
