@@ -16,12 +16,11 @@ Writes bench/results/cache_formats_<device>.json.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 from pathlib import Path
 
 import numpy as np
 import torch
+from common import device_name, write_result  # bench/common.py (the script's folder is on sys.path)
 
 from pvkd.distill.cache import decode_features, decode_outputs, encode_features, encode_outputs, fit_projection
 from pvkd.train.checkpoint import load_model
@@ -108,15 +107,13 @@ def main() -> None:
                   f"cosine error {mae:.4f} (abs), {mse:.5f} (squared)")
 
     result = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "device": device_name(device),
         "teacher": {"model": record["model"], "step": record.get("step")},
         "scans": int(len(positions)), "points": int(len(logp)),
         "outputs": outputs, "features": features,
     }
     out = Path(args.out or f"bench/results/cache_formats_{device.type}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {out}")
+    write_result(result, out)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -29,6 +28,9 @@ from pathlib import Path
 
 import torch
 import yaml
+from common import device_name, write_result  # bench/common.py (the script's folder is on sys.path)
+
+from pvkd.train.distributed import resolve_device
 
 
 def run(name: str, seed: int, params: dict, work: Path, threads: int, cache: str) -> dict:
@@ -103,16 +105,14 @@ def main() -> None:
                      f"per seed {paired}")
         print(f"{name}: {100 * s['mean']:.2f} ± {100 * s['std']:.2f} over seeds {args.seeds}{extra}")
     result = {
-        "device": platform.processor() or "cpu", "teacher_miou": teacher, "seeds": args.seeds,
+        "device": device_name(resolve_device(params["train"]["device"])), "teacher_miou": teacher, "seeds": args.seeds,
         "students": {n: params["students"][n] for n in args.students}, "distill": params["distill"],
         "cache": {k: v for k, v in json.loads((Path(args.cache) / "manifest.json").read_text()).items()
                   if k in ("outputs", "topk", "feature_dim", "bytes_per_point")},
         "train_epochs": params["train"]["epochs"], "summary": summary, "runs": runs,
     }
     out = Path(args.out or "bench/results/distill_seeds_cpu.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {out}")
+    write_result(result, out)
 
 
 if __name__ == "__main__":

@@ -15,14 +15,13 @@ Writes bench/results/distill_step_<device>.json.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
 import yaml
+from common import device_name, write_result  # bench/common.py (the script's folder is on sys.path)
 
 from pvkd.distill.cache import TeacherCache, file_sha256
 from pvkd.distill.objective import DistillConfig, PVKDLoss, cached_targets, online_targets, train_rarity
@@ -104,7 +103,7 @@ def main() -> None:
 
     median = {name: statistics.median(t) for name, t in times.items()}
     result = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "device": device_name(device),
         "threads": torch.get_num_threads(),
         "student": student_cfg, "teacher": str(args.teacher), "grid": list(data.grid.size),
         "batch_size": batch_size, "steps": args.steps, "amp": args.amp if amp is not None else "off",
@@ -117,9 +116,7 @@ def main() -> None:
           f"{median['online']:.0f} ms; cached/plain {result['cached_over_plain']:.2f} (goal <= 1.25), "
           f"online/cached {result['online_over_cached']:.2f} (goal >= 1.6); loading {result['load_ms']:.0f} ms/step")
     out = Path(args.out or f"bench/results/distill_step_{device.type}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {out}")
+    write_result(result, out)
 
 
 if __name__ == "__main__":

@@ -30,8 +30,6 @@ Writes bench/results/model_latency_<device>.json (the device named inside and in
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import re
 import statistics
 import time
@@ -41,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from common import device_name, write_result  # bench/common.py (the script's folder is on sys.path)
 
 from pvkd.grid import Grid
 from pvkd.models import PointBatch, build_model, parameter_counts, voxelize
@@ -51,12 +50,6 @@ NUM_CLASSES = 20
 # (arch, full width, half width)
 FAMILIES = [("cylinder3d", 32, 16), ("minkunet", 32, 16), ("spvcnn", 32, 16)]
 AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def cubic_grid_params(voxel: float) -> dict:
@@ -287,9 +280,7 @@ def main() -> None:
         report["profiles"] = profiles
     slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:40]
     out = args.out or Path(__file__).parent / "results" / f"model_latency_{slug}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(f"wrote {out}")
+    write_result(report, out)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+from common import write_result  # bench/common.py (the script's folder is on sys.path)
 
 from pvkd.datasets.semantickitti import SemanticKITTI
 from pvkd.grid import Grid
@@ -161,8 +162,7 @@ def main() -> None:
         "speedup_vs_cylinder3d_loop_vote": med["cylinder3d_python_vote"] / med["pvkd"],
         "speedup_vs_cylinder3d_vectorized_vote": med["cylinder3d_vectorized_vote"] / med["pvkd"],
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    write_result(result, args.out)
     print(json.dumps(result, indent=2))
 
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import re
 import statistics
 import tempfile
@@ -40,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import device_name, write_result  # bench/common.py (the script's folder is on sys.path)
 
 from pvkd.datasets import open_dataset
 from pvkd.grid import grid_from_params
@@ -55,12 +55,6 @@ from pvkd.train.losses import SegmentationLoss
 
 # the published model's dense output: 480 x 360 x 32 cells x 20 classes, fp32
 DENSE_LOGITS_BYTES = 480 * 360 * 32 * 20 * 4
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def synthetic_processed(params: dict, scans: int, folder: Path) -> Path:
@@ -173,8 +167,7 @@ def main() -> None:
         "published_dense_logits_mib_per_sample": DENSE_LOGITS_BYTES / 2**20,
     }
     out = args.out or Path("bench/results") / f"train_throughput_{re.sub(r'[^A-Za-z0-9]+', '-', name).strip('-')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    write_result(result, out)
     print(json.dumps(result, indent=2))
 
 

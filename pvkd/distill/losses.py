@@ -91,13 +91,15 @@ def kl_divergence(student_logits: torch.Tensor, teacher_logprobs: torch.Tensor, 
         return mean * (temperature * temperature)
 
 
-def class_row_weights(class_weights: torch.Tensor, labels: torch.Tensor, teacher_logprobs: torch.Tensor) -> torch.Tensor:
+def class_row_weights(class_weights: torch.Tensor, labels: torch.Tensor,
+                      teacher_logprobs: torch.Tensor) -> torch.Tensor:
     """Weights (M,) of KL rows: the class weight of each row's label, of the teacher's top class where unlabelled.
 
-    ``class_weights`` (C,) are the segmentation loss's CE weights (0 for the ignored class 0);
-    ``labels`` (M,) the rows' labels (:data:`~pvkd.train.losses.IGNORE` = unlabelled). Weighing the KL rows as the CE weighs its
-    rows keeps the class balance the CE weights set: an unweighted KL, dominated by the frequent
-    classes, pulls a student's rare classes back towards the frequent ones.
+    ``class_weights`` (C,) are the segmentation loss's CE weights (0 for the ignored class);
+    ``labels`` (M,) the rows' labels (:data:`~pvkd.train.losses.IGNORE` = unlabelled). Weighing
+    the KL rows as the CE weighs its rows keeps the class balance the CE weights set: an
+    unweighted KL, dominated by the frequent classes, pulls a student's rare classes back
+    towards the frequent ones.
     """
     classes = torch.where(labels != IGNORE, labels, teacher_logprobs.argmax(dim=1))
     return class_weights[classes]

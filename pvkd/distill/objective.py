@@ -75,7 +75,8 @@ class DistillConfig:
         section = section_fields(cls, section, where)
         sv = section_fields(SupervoxelConfig, section["supervoxel"], f"{where}.supervoxel")
         sv["size"] = tuple(int(v) for v in sv["size"])
-        values = {**section, "supervoxel": SupervoxelConfig(**sv), "kl_class_weights": bool(section["kl_class_weights"]),
+        values = {**section, "supervoxel": SupervoxelConfig(**sv),
+                  "kl_class_weights": bool(section["kl_class_weights"]),
                   "affinity_terms": tuple(section["affinity_terms"] or ())}
         for key in ("temperature", "point_weight", "voxel_weight", "affinity_weight", "class_power",
                     "distance_scale_m", "distance_power"):
@@ -176,18 +177,19 @@ class PVKDLoss(nn.Module):
         temperature = cfg.temperature
         point_class_weights, voxel_class_weights = self.segmentation.point_weights, self.segmentation.voxel_weights
         weighted = cfg.kl_class_weights and point_class_weights is not None
+        num_voxels = output.voxel_logits.shape[0]
+        # majority label per student voxel: weighs voxel KL rows and the supervoxels' class rarity
+        labels = None
+        if (weighted and cfg.voxel_weight > 0) or cfg.uses_affinity:
+            labels = voxel_labels(batch.labels, output.point_to_voxel, num_voxels, self.segmentation.num_classes)
         if cfg.point_weight > 0:
             rows = losses.class_row_weights(point_class_weights, batch.labels, teacher.logp) if weighted else None
             terms["kl_point"] = cfg.point_weight * losses.kl_divergence(
                 output.point_logits, teacher.logp, temperature, row_weights=rows
             )
         if cfg.voxel_weight > 0:
-            num_voxels = output.voxel_logits.shape[0]
             target = losses.voxel_teacher_logprobs(teacher.logp, output.point_to_voxel, num_voxels, temperature)
-            rows = None
-            if weighted:
-                labels = voxel_labels(batch.labels, output.point_to_voxel, num_voxels, len(voxel_class_weights))
-                rows = losses.class_row_weights(voxel_class_weights, labels, target)
+            rows = losses.class_row_weights(voxel_class_weights, labels, target) if weighted else None
             terms["kl_voxel"] = cfg.voxel_weight * losses.kl_divergence(
                 output.voxel_logits, target, temperature, teacher_tempered=True, row_weights=rows
             )
@@ -195,7 +197,7 @@ class PVKDLoss(nn.Module):
             if teacher.point_feature is None:
                 raise ParamsError("distill.affinity_weight > 0 needs teacher features: set cache.feature_dim > 0 "
                                   "and re-run cache-logits, or use distill.mode online")
-            point_groups, voxel_groups = self.sample_groups(output, batch)
+            point_groups, voxel_groups = self.sample_groups(output, batch, labels)
             if "point" in cfg.affinity_terms:
                 terms["affinity_point"] = cfg.affinity_weight * losses.affinity_loss(
                     output.point_features, teacher.point_feature, point_groups
@@ -208,14 +210,15 @@ class PVKDLoss(nn.Module):
                 )
         return terms
 
-    def sample_groups(self, output: SegOutput, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Draw K supervoxels per scan by ``distill.sampling``; the points and voxels kept in each."""
+    def sample_groups(self, output: SegOutput, batch, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draw K supervoxels per scan by ``distill.sampling``; the points and voxels kept in each.
+
+        ``labels`` (V,): the majority label of each student voxel."""
         cfg, sv = self.cfg, self.cfg.supervoxel
         coords = output.voxel_coords
         block_of_voxel = supervoxels.block_index(coords, self.grid_size, sv.size)
         per_scan = supervoxels.blocks_per_scan(self.grid_size, sv.size)
         batch_size = batch.points.batch_size
-        labels = voxel_labels(batch.labels, output.point_to_voxel, coords.shape[0], len(self.rarity))
         planar_range = batch.points.xyz[:, :2].norm(dim=1)
         voxel_range = scatter_mean(planar_range, output.point_to_voxel, dim=0, dim_size=coords.shape[0])
         weights = supervoxels.block_weights(
