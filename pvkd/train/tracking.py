@@ -24,8 +24,13 @@ class RunLog:
         self.history: list[dict] = []  # [{"step": s, "metrics": {name: value}}]
         self.live = None
         if live_dir is not None:
-            from dvclive import Live
-
+            try:
+                from dvclive import Live
+            except ImportError:
+                # dvclive comes with DVC; a bare runtime without it (the GPU machine's kit) trains and
+                # exports the same, only without curves
+                console.print(f"[yellow]warning:[/yellow] dvclive is not installed: no metrics or plots in {live_dir}")
+                return
             # dvclive warns about every unconfigured integration (git, Studio); the stage owns dvc.yaml
             logging.getLogger("dvclive").setLevel(logging.ERROR)
             self.live = Live(str(live_dir), resume=False, save_dvc_exp=False, dvcyaml=None, report=None)
