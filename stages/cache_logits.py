@@ -21,7 +21,7 @@ def main(
 
     Per point, in the order of the shards: the teacher's class distribution (cache.outputs:
     topk, int8 or fp16 log-probabilities) and, when cache.feature_dim > 0, its point feature
-    and its voxel's feature projected to feature_dim dims (fp16) for the affinity terms. The
+    and its voxel's feature projected to feature_dim dims (int8 unit vectors) for the affinity terms. The
     manifest records the teacher's and the shards' hashes; students refuse a cache that does
     not match. Interrupted, a rerun keeps the shards already written and finishes the rest.
     """
