@@ -24,6 +24,7 @@ from pvkd.metrics import scores
 from pvkd.shards import ProcessedData
 from pvkd.train.checkpoint import load_model
 from pvkd.train.data import ScanDataset
+from pvkd.train.distributed import resolve_device
 
 
 def main() -> None:
@@ -34,14 +35,15 @@ def main() -> None:
     parser.add_argument("--out", default="bench/results/generalization_gap_cpu.json")
     args = parser.parse_args()
     cfg = EvalConfig.from_dict(yaml.safe_load(Path(args.params).read_text())["evaluate"])
+    device = resolve_device(cfg.device, "evaluate.device")
     data = ProcessedData(args.data)
     rules, names = data.meta["dataset"], data.meta["class_names"]
     result = {}
     for path in args.models:
-        model, record = load_model(path)
+        model, _ = load_model(path, device)
         split_scores = {}
         for split in ("train", "val"):
-            evaluation = evaluate_model(model, ScanDataset(args.data, split), cfg, "cpu")
+            evaluation = evaluate_model(model, ScanDataset(args.data, split), cfg, device)
             split_scores[split] = scores(evaluation.confusion["point"], rules, names)
         train, val = split_scores["train"], split_scores["val"]
         result[str(path)] = {"train_miou": train.miou, "val_miou": val.miou, "gap": train.miou - val.miou,

@@ -10,7 +10,7 @@ go; plus the train mIoU of the cached arg-max by the dataset's rules.
     python bench/teacher_cache_quality.py                         # after `dvc repro cache-logits`
     python bench/teacher_cache_quality.py --cache other_cache --out bench/results/x.json
 
-Writes bench/results/teacher_cache_quality_<teacher>.json (default: ..._default.json).
+Writes ``--out`` (default bench/results/teacher_cache_quality_default.json).
 """
 
 from __future__ import annotations
