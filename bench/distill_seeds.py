@@ -33,7 +33,8 @@ from common import device_name, write_result  # bench/common.py (the script's fo
 from pvkd.train.distributed import resolve_device
 
 
-def run(name: str, seed: int, params: dict, work: Path, threads: int, cache: str) -> dict:
+def run(name: str, seed: int, params: dict, work: Path, threads: int, cache: str,
+        data: str = "data/processed", teacher: str = "models/teacher.pt") -> dict:
     """One student at one seed; returns its record's final validation."""
     folder = work / f"{name}-seed{seed}"
     folder.mkdir(parents=True, exist_ok=True)
@@ -47,7 +48,7 @@ def run(name: str, seed: int, params: dict, work: Path, threads: int, cache: str
         done = subprocess.run(
             [sys.executable, "-m", "pvkd", "distill", "--student", name, "--params", str(folder / "params.yaml"),
              "--out", str(out), "--live", str(folder / "live"), "--checkpoints", str(folder / "ckpt"),
-             "--cache", cache],
+             "--cache", cache, "--data", data, "--teacher", teacher],
             capture_output=True, text=True,
         )
         (folder / "log.txt").write_text(done.stdout + done.stderr)

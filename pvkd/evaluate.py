@@ -134,6 +134,9 @@ def predict_split(
     votes = tta_votes(tta)
     loader = make_loader(dataset, split_batches(len(dataset), batch_size), workers=0)
     for batch in loader:
+        if batch.points.num_points == 0:  # empty scans only (kept for submissions): nothing to run
+            yield batch, {head: torch.zeros(0, dtype=torch.long) for head in heads}
+            continue
         probabilities = vote_probabilities(model, batch.points.to(device), votes, heads)
         yield batch, {head: predict(p).cpu() for head, p in probabilities.items()}
 
@@ -144,6 +147,26 @@ def check_model_fits(record: dict, data: ProcessedData, path: Path) -> None:
         raise DataError(
             f"{path}: a {record['dataset']} model with {len(record['class_names'])} classes cannot label "
             f"{data.root} ({data.meta['dataset']}, {len(data.meta['class_names'])} classes); retrain it on this data"
+        )
+
+
+def scans_trained_on(record: dict, data: ProcessedData, split: str) -> int:
+    """How many scans of ``split`` the model trained on: its ``train_splits`` (a distilled student's include
+    the unlabelled split it learnt from through the teacher) compared by source file with ``split``'s."""
+    trained = data.index[data.index["split"].isin(record.get("train_splits", ["train"]))]
+    scored = data.index[data.index["split"] == split]
+    return int(scored["source_path"].isin(trained["source_path"]).sum())
+
+
+def refuse_trained_on(record: dict, data: ProcessedData, split: str, path: Path) -> None:
+    """Scoring a model on scans it trained on (e.g. distilled on the val scans as unlabelled ones) would report
+    a transductive, semi-supervised result as a supervised one: refuse, naming the fix."""
+    overlap = scans_trained_on(record, data, split)
+    if overlap:
+        raise DataError(
+            f"{path}: trained on {overlap} scan(s) of the {split} split (train_splits "
+            f"{record.get('train_splits')}); scores on them would not be a held-out result. Take those "
+            "sequences out of the unlabelled split (data.splits) or score another split"
         )
 
 
@@ -309,6 +332,7 @@ def evaluate_models(
     for entry in entries:
         model, record = load_model(entry.path, device)
         check_model_fits(record, processed, entry.path)
+        refuse_trained_on(record, processed, SPLIT, entry.path)
         evaluation = evaluate_model(model, dataset, cfg, device, sample_scan=cfg.sample_scan, progress=tick)
         cost = measure_cost(model, dataset, cfg, device, progress=tick)
         metrics[entry.name] = model_metrics(evaluation, record, cost, cfg, entry.role, entry.description)

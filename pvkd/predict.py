@@ -25,9 +25,10 @@ import numpy as np
 import torch
 
 from pvkd.atomic import atomic_path
+from pvkd.console import console
 from pvkd.datasets.semantickitti import write_predictions as write_semantickitti_labels
 from pvkd.errors import DataError
-from pvkd.evaluate import check_model_fits, predict_split
+from pvkd.evaluate import check_model_fits, predict_split, scans_trained_on
 from pvkd.shards import ProcessedData
 from pvkd.train.data import ScanDataset
 
@@ -43,6 +44,8 @@ def fill_dropped(pred: np.ndarray, point_index: np.ndarray, num_source_points: i
     if len(pred) != len(point_index):
         raise ValueError(f"{len(pred)} predictions for {len(point_index)} kept points")
     if len(pred) == 0:
+        if num_source_points == 0:  # an empty sweep: an empty file
+            return pred
         raise DataError("a scan with no finite point has no prediction to give its points")
     before = np.searchsorted(point_index, np.arange(num_source_points), side="right") - 1
     return pred[np.maximum(before, 0)]
@@ -79,8 +82,14 @@ def write_submission(
     processed = ProcessedData(data)
     model, record = load_model(model_path, device)
     check_model_fits(record, processed, model_path)
+    if overlap := scans_trained_on(record, processed, split):
+        console.print(
+            f"[bold red]warning:[/] {model_path} was distilled on {overlap} scan(s) of the {split} split as "
+            "unlabelled scans: its predictions are a semi-supervised (transductive) result; benchmark rules "
+            "(SemanticKITTI, nuScenes) ask you to say so when you submit them"
+        )
     dataset_name = record["dataset"]
-    scans = ScanDataset(data, split)
+    scans = ScanDataset(data, split, keep_empty=True)  # a file for every scan, empty ones too
     rows = scans.rows
     summary = {"dataset": dataset_name, "scans": 0, "points": 0, "dropped": 0}
     for batch, preds in predict_split(model, scans, batch_size, tta, device, heads=("point",)):

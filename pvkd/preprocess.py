@@ -7,10 +7,13 @@ the output only when every shard succeeded: bad input raises a :class:`DataError
 file and leaves no output behind.
 
 Per scan: points with a non-finite value are dropped with their labels (counted in the
-index and the summary); points outside the grid range are kept and binned into the border
-cells (see :mod:`pvkd.grid`). Stats count, per split x distance band x class, the points
-and the voxels; a voxel's class is the majority label of its labelled points (ties to the
-smaller id) and its band is that of the mean 3D range of its points.
+index and the summary); a scan left with no point (a 0-byte sweep) is kept as an empty
+row group and counted (``empty_scans``), and training skips it; points outside the grid
+range are kept and binned into the border cells (see :mod:`pvkd.grid`). Stats count, per
+split x distance band x class, the points and the voxels; a voxel's class is the majority
+label of its labelled points (ties to the smaller id) and its band is that of the mean 3D
+range of its points. A split the reader gives no labels (an unlabelled split) has every
+label 0 and says so in the summary (``labelled: false``).
 """
 
 from __future__ import annotations
@@ -57,7 +60,10 @@ def voxel_majority(voxel: np.ndarray, label: np.ndarray, num_classes: int) -> tu
 
     Returns ``(labels, slot)``: ``labels[v]`` for the ``v``-th distinct voxel in increasing id
     order, ``slot[i]`` the ``v`` of point ``i``. Pass labelled points only: 0 does not vote.
+    No points (an empty scan, or one of an unlabelled split): no voxels.
     """
+    if len(voxel) == 0:  # reduceat below needs at least one run
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
     keys, inverse, counts = np.unique(
         voxel.astype(np.int64) * num_classes + label, return_inverse=True, return_counts=True
     )
@@ -208,9 +214,12 @@ def preprocess(
         stats = _stats_table(counts, band_edges, dataset.class_names)
         pq.write_table(pa.Table.from_pandas(stats, preserve_index=False), staging / "stats.parquet")
         index = pd.DataFrame(index_rows)
+        labelled = {job.split for job in jobs if any(r.labels_path for r in job.records)}
         summary = {
             split: {
+                "labelled": split in labelled,  # an unlabelled split (every label 0) is used only through the teacher
                 "scans": int((index.split == split).sum()),
+                "empty_scans": int(((index.split == split) & (index.num_points == 0)).sum()),
                 "points": int(index.num_points[index.split == split].sum()),
                 "dropped_nonfinite": int(index.num_dropped[index.split == split].sum()),
                 "outside_grid": int(index.num_outside_grid[index.split == split].sum()),

@@ -90,9 +90,18 @@ def main(
         segmentation = SegmentationLoss.for_data(cfg.loss, processed)
         rarity = train_rarity(processed, dcfg.class_power)
 
+        # the baseline (no teacher) trains on the labelled scans only; a distilled student adds the unlabelled split
+        unlabelled = [dcfg.unlabelled.split] if dcfg.uses_unlabelled else []
+        train_splits = ["train", *unlabelled]
+        info["train_splits"] = train_splits  # evaluate refuses to score a model on scans it trained on
         extras, targets, source = None, None, "none"
         if dcfg.uses_teacher and dcfg.mode == "cached":
             teacher_cache = TeacherCache(cache, processed, file_sha256(teacher))
+            missing = sorted(set(train_splits) - set(teacher_cache.splits))
+            if missing:
+                raise ParamsError(f"{cache}: no teacher outputs for split(s) {missing} (cached: "
+                                  f"{list(teacher_cache.splits)}); add them to cache.splits and run "
+                                  "`dvc repro cache-logits`, or use distill.mode online")
             extras, targets = teacher_cache.extras(), cached_targets(teacher_cache)
             source = f"cache {cache} ({teacher_cache.codec}, {teacher_cache.feature_dim}-dim features)"
         elif dcfg.uses_teacher:
@@ -101,17 +110,21 @@ def main(
                 raise ParamsError(f"{teacher}: trained on other shards than {data}; run `dvc repro teacher-train`")
             targets, source = online_targets(teacher_model), f"online teacher {teacher}"
         loss = PVKDLoss(dcfg, segmentation, rarity, model.grid.size, targets).to(device)
+        train_set = ScanDataset(data, train_splits, cfg.augment, cfg.seed, extras=extras, unlabelled=unlabelled)
         trainer = Trainer(
-            model, loss.on_batch,
-            ScanDataset(data, "train", cfg.augment, cfg.seed, extras=extras), ScanDataset(data, "val"),
+            model, loss.on_batch, train_set, ScanDataset(data, "val"),
             cfg, info, dist=dist, device=device, checkpoint_dir=checkpoints, live_dir=live, description=student,
+            unlabelled_share=dcfg.unlabelled.share if unlabelled else 0.0,
         )
         if dist.is_main:
+            un = dcfg.unlabelled
+            scans = (f"plus {train_set.count(un.split)} unlabelled scans of {un.split!r} (share {un.share}, "
+                     f"{un.target} targets at weight {un.weight})" if unlabelled else "labelled scans only")
             console.print(
                 f"{student}: {model_cfg['arch']} width {model_cfg['width']}, "
                 f"{sum(q.numel() for q in model.parameters()) / 1e6:.2f} M parameters, grid "
                 f"{'x'.join(map(str, model.grid.size))}; weights point {dcfg.point_weight}, voxel {dcfg.voxel_weight}, "
-                f"affinity {dcfg.affinity_weight} {list(dcfg.affinity_terms)}; teacher: {source}; "
+                f"affinity {dcfg.affinity_weight} {list(dcfg.affinity_terms)}; teacher: {source}; {scans}; "
                 f"{dist.world_size} process(es) on {device}"
             )
         fit_and_export(trainer, cfg, out)

@@ -58,6 +58,7 @@ def main(
     try:
         processed = ProcessedData(data)
         model, info = model_for_data(teacher["model"], processed)
+        info["train_splits"] = ["train"]  # evaluate refuses to score a model on scans it trained on
         loss = SegmentationLoss.for_data(cfg.loss, processed).to(device)
         trainer = Trainer(
             model, loss.on_batch,

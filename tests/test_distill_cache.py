@@ -31,7 +31,7 @@ CPU = torch.device("cpu")
 
 
 def config(**overrides) -> CacheConfig:
-    values = dict(outputs="topk", topk=2, feature_dim=3, feature_scans=2, batch_size=2, device="cpu")
+    values = dict(splits=("train",), outputs="topk", topk=2, feature_dim=3, feature_scans=2, batch_size=2, device="cpu")
     return CacheConfig(**{**values, **overrides})
 
 
@@ -148,3 +148,36 @@ def test_a_changed_cache_param_starts_afresh(setup):
     cache = TeacherCache(out, ProcessedData(processed))
     assert cache.topk == 3 and cache.read("shards/train-00000.parquet", 0)["outputs"].shape[1] == 7
     assert math.isclose(cache.manifest["bytes_per_point"]["outputs"], 7)
+
+
+def test_cache_covers_the_unlabelled_split_and_keeps_empty_scans_aligned(tmp_path):
+    from pvkd.datasets.semantickitti import SemanticKITTI
+    from pvkd.preprocess import preprocess
+
+    from kitti_tree import write_tree
+    from train_fixtures import BANDS, GRID
+
+    raw = tmp_path / "raw"
+    write_tree(raw, {"00": 3, "03": 3}, points_per_scan=300, seed=1)
+    (raw / "sequences/03/velodyne/000001.bin").write_bytes(b"")  # an empty sweep between two scans
+    processed = tmp_path / "processed"
+    preprocess(SemanticKITTI(raw, splits={"train": ["00"], "unlabelled": ["03"]}), GRID, processed,
+               ["train", "unlabelled"], BANDS, scans_per_shard=3)
+    teacher = save_teacher(processed, tmp_path / "teacher.pt")
+    with pytest.raises(DataError, match="cache.splits \\['val'\\]"):
+        make_cache(teacher, processed, tmp_path / "bad", config(splits=("train", "val")), CPU)
+    manifest = make_cache(teacher, processed, tmp_path / "cache", config(splits=("train", "unlabelled"),
+                                                                         outputs="fp16", batch_size=3), CPU)
+    assert [s["num_points"] == 0 for s in manifest["scans"]] == [False] * 4 + [True, False]
+    cache = TeacherCache(tmp_path / "cache", ProcessedData(processed))
+    assert cache.splits == ("train", "unlabelled")
+    assert {k: v.shape for k, v in cache.read("shards/unlabelled-00000.parquet", 1).items()} == {
+        "outputs": (0, 40), "point_feature": (0, 3), "voxel_feature": (0, 3)}
+    # the scan after the empty one gets its own outputs: its row group is its scan's
+    dataset = ScanDataset(processed, ["train", "unlabelled"], extras=cache.extras(), unlabelled=["unlabelled"])
+    assert len(dataset) == 5  # the empty scan is left out of training
+    batch = collate([dataset[(0, 4)]])
+    model, _ = load_model(teacher)
+    with torch.no_grad():
+        expected = torch.log_softmax(model(batch.points).point_logits, 1)
+    assert torch.allclose(cache.decode(batch.extras)["logp"], expected, atol=2e-2)

@@ -25,7 +25,8 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("distill")
     processed = make_processed(root, {"00": 4, "08": 2}, {"train": ["00"], "val": ["08"]})
     save_teacher(processed, root / "teacher.pt")
-    cache = CacheConfig(outputs="fp16", topk=5, feature_dim=8, feature_scans=2, batch_size=2, device="cpu")
+    cache = CacheConfig(splits=("train",), outputs="fp16", topk=5, feature_dim=8, feature_scans=2, batch_size=2,
+                        device="cpu")
     make_cache(root / "teacher.pt", processed, root / "cache", cache, torch.device("cpu"))
     return root, processed
 
@@ -122,3 +123,72 @@ def test_unknown_students_and_bad_weights_are_named(setup, tmp_path):
     assert "no student 'nobody'" in str(done.exception) and "pvkd" in str(done.exception)
     done = distill(root, processed, params, "pvkd", tmp_path)
     assert "sampling must be one of" in str(done.exception)
+
+
+@pytest.fixture(scope="module")
+def unlabelled_setup(tmp_path_factory):
+    """Street 00 labelled, street 03 an unlabelled split (its label files on disk, never read), 08 val; a cache of
+    both splits and one of train only."""
+    root = tmp_path_factory.mktemp("unlabelled")
+    processed = make_processed(root, {"00": 4, "03": 3, "08": 2},
+                               {"train": ["00"], "unlabelled": ["03"], "val": ["08"]})
+    save_teacher(processed, root / "teacher.pt")
+    for name, splits in (("cache", ("train", "unlabelled")), ("cache-train", ("train",))):
+        cfg = CacheConfig(splits=splits, outputs="topk", topk=2, feature_dim=4, feature_scans=2, batch_size=2,
+                          device="cpu")
+        make_cache(root / "teacher.pt", processed, root / name, cfg, torch.device("cpu"))
+    return root, processed
+
+
+def shards_read(monkeypatch) -> set[str]:
+    """The prefixes of the shard files training reads scans from (``train``, ``unlabelled``, ``val``)."""
+    import pvkd.train.data as data
+
+    seen, read = set(), data.read_scan
+    monkeypatch.setattr(data, "read_scan", lambda path, *a, **k: seen.add(Path(path).name.split("-")[0]) or read(
+        path, *a, **k))
+    return seen
+
+
+UNLABELLED = {"split": "unlabelled", "share": 0.5, "target": "hard", "threshold": 0.0, "weight": 1.0}
+
+
+def test_distilled_students_learn_from_unlabelled_scans_and_the_baseline_never_reads_them(
+        unlabelled_setup, tmp_path, monkeypatch):
+    root, processed = unlabelled_setup
+    students = {"pvkd": {"model": STUDENT},
+                "baseline": {"model": STUDENT, "distill": {"point_weight": 0, "voxel_weight": 0,
+                                                           "affinity_weight": 0, "unlabelled": {"weight": 0}}}}
+    params = write_params(tmp_path / "params.yaml", students, unlabelled=UNLABELLED)
+    params_dict = yaml.safe_load(params.read_text())
+    params_dict["train"]["epochs"] = 3  # 6 steps of 2 scan slots, each unlabelled with probability 1/2
+    params.write_text(yaml.safe_dump(params_dict))
+    seen = shards_read(monkeypatch)
+    done = distill(root, processed, params, "baseline", tmp_path)
+    assert done.exit_code == 0, done.output
+    assert seen == {"train", "val"} and load_model(tmp_path / "baseline.pt")[1]["train_splits"] == ["train"]
+    seen.clear()
+    done = distill(root, processed, params, "pvkd", tmp_path)
+    assert done.exit_code == 0, done.output
+    assert seen == {"train", "unlabelled", "val"} and "plus 3 unlabelled scans" in done.output
+    assert load_model(tmp_path / "pvkd.pt")[1]["train_splits"] == ["train", "unlabelled"]
+    assert logged_terms(tmp_path / "pvkd") == set(TERMS)
+    assert "unlabelled_seg" in json.loads((tmp_path / "pvkd" / "metrics.json").read_text())["train"]
+    # a cache without the unlabelled split is refused, naming the fix
+    done = distill(root, processed, params, "pvkd", tmp_path / "again", cache=root / "cache-train")
+    assert done.exit_code != 0 and "cache.splits" in str(done.exception)
+
+
+def test_scoring_a_model_on_scans_it_trained_on_is_refused(unlabelled_setup):
+    from pvkd.errors import DataError
+    from pvkd.evaluate import refuse_trained_on, scans_trained_on
+
+    _, processed = unlabelled_setup
+    data = ProcessedData(processed)
+    record = {"train_splits": ["train", "unlabelled"]}
+    assert scans_trained_on(record, data, "val") == 0
+    refuse_trained_on(record, data, "val", Path("m.pt"))  # held out: fine
+    assert scans_trained_on(record, data, "unlabelled") == 3
+    with pytest.raises(DataError, match="trained on 3 scan"):
+        refuse_trained_on(record, data, "unlabelled", Path("m.pt"))
+    assert scans_trained_on({}, data, "train") == 4  # records from before train_splits: the train split

@@ -149,3 +149,31 @@ def _set_label(path, raw_id):
     raw = np.fromfile(path, np.uint32)
     raw[10] = raw_id
     raw.tofile(path)
+
+
+def test_unlabelled_split_and_empty_scans(tmp_path):
+    from pvkd.train.data import ScanDataset
+
+    write_tree(tmp_path / "raw", {"00": 3, "02": 3})
+    seq = tmp_path / "raw/sequences"
+    (seq / "00/velodyne/000001.bin").write_bytes(b"")  # an empty sweep, and its empty label file
+    (seq / "00/labels/000001.label").write_bytes(b"")
+    nan = np.full((7, 4), np.nan, np.float32)  # a scan whose points are all non-finite
+    nan.tofile(seq / "02/velodyne/000002.bin")
+    # split u is not labelled: its label files on disk are never read
+    ds = SemanticKITTI(tmp_path / "raw", splits={"train": ["00"], "u": ["02"]})
+    meta = preprocess(ds, GRID, tmp_path / "out", ["train", "u"], BANDS, scans_per_shard=2)
+    assert meta["splits"]["train"]["labelled"] and not meta["splits"]["u"]["labelled"]
+    assert meta["splits"]["train"]["empty_scans"] == 1 and meta["splits"]["u"]["empty_scans"] == 1
+    assert meta["splits"]["u"]["dropped_nonfinite"] == 7
+    data = ProcessedData(tmp_path / "out")
+    assert data.index.num_points.tolist()[1] == 0 and data.scans("u").num_points.tolist()[2] == 0
+    for _, row in data.index.iterrows():  # empty scans keep their (empty) row group: row groups stay aligned
+        assert pq.ParquetFile(data.root / row.shard).metadata.row_group(int(row.row_group)).num_rows == row.num_points
+    u = data.scans("u")
+    assert all(not data.read(row, ["label"])["label"].any() for _, row in u.iterrows())
+    stats = data.stats[data.stats.split == "u"]
+    assert stats.voxels.sum() == 0
+    assert stats.points.sum() == stats[stats.class_id == 0].points.sum() == u.num_points.sum()
+    # training skips the empty scans; the cache and submissions keep every scan
+    assert len(ScanDataset(data.root, "train")) == 2 and len(ScanDataset(data.root, "train", keep_empty=True)) == 3

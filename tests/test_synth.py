@@ -272,3 +272,18 @@ def test_bev_png_shows_several_classes(dataset, tmp_path):
     assert ((image[..., 0] > 0.8) & (image[..., 1] < 0.5) & (image[..., 2] > 0.8)).sum() > 500
     with pytest.raises(ValueError):
         render_bev(points, labels[:-1], tmp_path / "bad.png")
+
+
+def test_streets_of_unlabelled_splits_get_no_label_files(dataset, tmp_path):
+    root, _ = dataset
+    cfg = SynthConfig.from_dict({**TINY.to_dict(), "sequences": {"train": ["00"], "unlabelled": ["05"]},
+                                 "labelled_splits": ["train"]})
+    generate(tmp_path / "kitti", cfg)
+    seqs = tmp_path / "kitti" / "sequences"
+    assert len(list((seqs / "05" / "velodyne").glob("*.bin"))) == 4 and not (seqs / "05" / "labels").exists()
+    assert len(list((seqs / "00" / "labels").glob("*.label"))) == 4
+    # the labelled street is the same scan for scan as when every split is labelled (streets draw their own streams)
+    assert (seqs / "00" / "labels" / "000001.label").read_bytes() == (
+        root / "sequences" / "00" / "labels" / "000001.label").read_bytes()
+    reader = SemanticKITTI(tmp_path / "kitti", splits={"train": ["00"], "unlabelled": ["05"]})
+    assert all(r.labels_path is None for r in reader.scans("unlabelled"))

@@ -105,3 +105,39 @@ def test_worker_processes_deliver_the_same_batches(processed):
     assert len(inline) == len(spawned) == 4
     for a, b in zip(inline, spawned):
         assert torch.equal(a.points.xyz, b.points.xyz) and torch.equal(a.labels, b.labels)
+
+
+def test_unlabelled_scans_mix_in_at_their_share_without_changing_the_step_count():
+    labelled, unlabelled, share = 20, 7, 0.3
+    plain = RunBatchSampler(labelled, 1, 50, seed=3)
+    mixed = RunBatchSampler(labelled, 1, 50, seed=3, unlabelled_scans=unlabelled, unlabelled_share=share)
+    assert len(mixed) == len(plain) == 1000
+    keys = [k for b in mixed for k in b]
+    drawn = np.array([p for _, p in keys])
+    assert drawn.min() == 0 and drawn.max() == labelled + unlabelled - 1
+    assert abs((drawn >= labelled).mean() - share) < 0.04  # 1000 Bernoulli(0.3) slots: std 0.015
+    for epoch in range(50):  # each epoch: labelled scans once at most, unlabelled ones spread evenly
+        seen = [p for e, p in keys if e == epoch]
+        lab = [p for p in seen if p < labelled]
+        assert len(lab) == len(set(lab))
+        assert max(Counter(p for p in seen if p >= labelled).values(), default=0) <= 2  # at most ~6 of 7 drawn
+    resumed = RunBatchSampler(labelled, 1, 50, seed=3, unlabelled_scans=unlabelled, unlabelled_share=share,
+                              start_step=537)
+    assert list(resumed) == list(mixed)[537:]
+    with pytest.raises(Exception, match="unlabelled"):
+        RunBatchSampler(labelled, 1, 2, seed=3, unlabelled_share=0.5)
+
+
+def test_unlabelled_splits_come_after_the_labelled_ones_without_labels(tmp_path):
+    # the shards of split val hold labels: used as an unlabelled split, the dataset still hides them
+    processed = make_processed(tmp_path, {"00": 2, "01": 3}, {"train": ["00"], "val": ["01"]})
+    stored = ProcessedData(processed)
+    assert (stored.read(stored.scans("val").iloc[0], ["label"])["label"] > 0).any()
+    dataset = ScanDataset(processed, ["train", "val"], unlabelled=["val"])
+    assert len(dataset) == 5 and dataset.count("train") == 2 and dataset.count("val") == 3
+    assert dataset.labelled.tolist() == [True, True, False, False, False]
+    first, third = dataset[(0, 0)], dataset[(0, 2)]
+    assert first["labelled"] and (first["label"] > 0).any()
+    assert not third["labelled"] and not third["label"].any()
+    batch = collate([first, third])
+    assert batch.unlabelled_points().tolist() == [False] * len(first["label"]) + [True] * len(third["label"])

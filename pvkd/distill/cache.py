@@ -1,7 +1,8 @@
 """The teacher cache: the frozen teacher's outputs on every train point, in the order of the shards.
 
-``pvkd cache-logits`` runs the teacher once over every train scan (no augmentation) and stores,
-per point, what distillation needs:
+``pvkd cache-logits`` runs the teacher once over every scan of ``cache.splits`` (the labelled
+train split, and the unlabelled splits students distil on; no augmentation) and stores, per
+point, what distillation needs:
 
 * ``outputs``: the teacher's class distribution of the point (log-probabilities at temperature 1,
   from the point head), encoded by one of :data:`OUTPUT_CODECS`. Any temperature is applied when
@@ -23,7 +24,7 @@ Layout (``data/teacher_cache``)::
 
     manifest.json                 format, teacher and shards hashes, grid, classes, codecs, scans
     projection.pt                 {"point": (F_p, d), "voxel": (F_v, d)} float32
-    shards/train-00000.parquet    one per train shard, same row groups (one per scan), same rows
+    shards/train-00000.parquet    one per shard of the cached splits, same row groups (one per scan), same rows
 
 Each column is a ``fixed_size_binary`` holding one point's encoded record, so a row group reads
 back as one contiguous buffer viewed as a numpy array (no per-value decoding). Shards are written
@@ -62,9 +63,8 @@ INT8_FLOOR = 12.75
 FEATURE_SCALE = 127.0
 # a probability no codec stores below (keeps log finite; e^-30 is far below any fp16 step)
 MIN_LOGP = -30.0
-SPLIT = "train"
 # the cache params that decide its content
-CONTENT_KEYS = ("outputs", "topk", "feature_dim", "feature_scans")
+CONTENT_KEYS = ("splits", "outputs", "topk", "feature_dim", "feature_scans")
 WRITE_OPTIONS = dict(compression="zstd")
 
 
@@ -72,6 +72,7 @@ WRITE_OPTIONS = dict(compression="zstd")
 class CacheConfig:
     """The ``cache`` params section."""
 
+    splits: tuple[str, ...]  # processed splits cached: train, and any unlabelled split students distil on
     outputs: str  # fp16 | int8 | topk
     topk: int  # classes kept by topk
     feature_dim: int  # dims of the projected teacher features; 0 = none stored
@@ -81,7 +82,10 @@ class CacheConfig:
 
     @classmethod
     def from_dict(cls, section: dict) -> CacheConfig:
-        cfg = cls(**section_fields(cls, section, "cache"))
+        values = section_fields(cls, section, "cache")
+        cfg = cls(**{**values, "splits": tuple(values["splits"] or ())})
+        if "train" not in cfg.splits:
+            raise ParamsError(f"cache.splits must include train (students distil on it), got {list(cfg.splits)}")
         if cfg.outputs not in OUTPUT_CODECS:
             raise ParamsError(f"cache.outputs must be one of {OUTPUT_CODECS}, got {cfg.outputs!r}")
         if cfg.topk < 1 or cfg.feature_dim < 0 or cfg.batch_size < 1 or cfg.feature_scans < 1:
@@ -90,7 +94,7 @@ class CacheConfig:
 
     def key(self) -> dict:
         """What decides the cache's content (batch_size and device only decide how fast it is made)."""
-        return {name: getattr(self, name) for name in CONTENT_KEYS}
+        return {name: list(v) if isinstance(v := getattr(self, name), tuple) else v for name in CONTENT_KEYS}
 
 
 # ---------------------------------------------------------------------------------------------- codecs
@@ -116,7 +120,7 @@ def encode_outputs(logp: torch.Tensor, codec: str, topk: int) -> np.ndarray:
     logp = logp.float().clamp_min(MIN_LOGP).cpu()
     n, c = logp.shape
     if codec == "fp16":
-        return logp.half().numpy().view(np.uint8).reshape(n, -1)
+        return logp.half().numpy().view(np.uint8).reshape(n, 2 * c)
     if codec == "int8":
         return _quantize(logp)
     k = min(topk, c)
@@ -242,6 +246,7 @@ class TeacherCache:
             raise DataError(f"{path}: {m['num_classes']} classes, the data has {data.meta['num_classes']}; {rerun}")
         self.num_classes, self.codec, self.topk = m["num_classes"], m["outputs"], m["topk"]
         self.feature_dim = m["feature_dim"]
+        self.splits = tuple(m.get("splits", ["train"]))
         self.points = {(r["shard"], r["row_group"]): r["num_points"] for r in m["scans"]}
 
     def read(self, shard: str, row_group: int) -> dict[str, np.ndarray]:
@@ -333,7 +338,7 @@ def make_cache(
     progress: Callable[[int, int], None] = lambda done, total: None,
     after_shard: Callable[[str], None] = lambda shard: None,
 ) -> dict:
-    """Write (or finish) the cache of ``teacher_path`` over the train split of ``data_root``; returns the manifest.
+    """Write (or finish) the cache of ``teacher_path`` over the ``cache.splits`` of ``data_root``; returns the manifest.
 
     ``progress(done, total)`` counts scans; ``after_shard(name)`` is called once a shard is on disk
     (the tests interrupt a run there).
@@ -342,12 +347,18 @@ def make_cache(
     from pvkd.train.data import ScanDataset, make_loader
 
     out, data = Path(out), ProcessedData(data_root)
+    missing = [split for split in cfg.splits if split not in set(data.index["split"])]
+    if missing:
+        raise DataError(f"cache.splits {missing}: not in {data.root} (its splits: {sorted(set(data.index['split']))}); "
+                        "add them to preprocess.splits and data.splits, or remove them from cache.splits")
     model, record = load_model(teacher_path, device)
     if record["shards_hash"] != data.meta["shards_hash"]:
         raise DataError(f"{teacher_path}: trained on other shards than {data.root} "
                         "(the data changed since); run `dvc repro teacher-train` first")
     manifest = build_manifest(cfg, record, file_sha256(teacher_path), data)
-    rows = data.scans(SPLIT)
+    # every scan, empty ones too: the cache's row groups are the shards' row groups
+    dataset = ScanDataset(data.root, cfg.splits, keep_empty=True)
+    rows = dataset.rows
     manifest["scans"] = [{"shard": r.shard, "row_group": int(r.row_group), "num_points": int(r.num_points)}
                          for r in rows.itertuples()]
     done = _resumable_shards(out, manifest)
@@ -355,12 +366,11 @@ def make_cache(
     manifest["done_shards"] = sorted(done)
     _write_json_atomic(manifest, out / "manifest.json")
 
-    dataset = ScanDataset(data.root, SPLIT)
     use_amp = device.type == "cuda"
     autocast = partial(torch.autocast, "cuda", dtype=torch.bfloat16) if use_amp else nullcontext
     projection = _projection(out, model, dataset, cfg, device, autocast, resume=bool(done))
 
-    shards = rows.groupby("shard", sort=True).groups  # shard -> positions in the split
+    shards = rows.groupby("shard", sort=True).groups  # shard -> positions in the cached splits
     total, finished = len(rows), int(sum(len(shards[s]) for s in done))
     progress(finished, total)
     for shard, positions in shards.items():
@@ -371,14 +381,17 @@ def make_cache(
         step = cfg.batch_size
         batches = [[(0, p) for p in positions[i : i + step]] for i in range(0, len(positions), step)]
         for batch in make_loader(dataset, batches, workers=0):
-            logp, point_features, voxel_features = teacher_targets(model, batch.to(device), autocast)
             sizes = torch.bincount(batch.points.batch, minlength=batch.points.batch_size).tolist()
-            for lp, pf, vf in zip(logp.split(sizes), point_features.split(sizes), voxel_features.split(sizes)):
-                columns = {"outputs": encode_outputs(lp, cfg.outputs, cfg.topk)}
-                if projection is not None:
-                    columns["point_feature"] = encode_features(pf, projection["point"])
-                    columns["voxel_feature"] = encode_features(vf, projection["voxel"])
-                scans.append(columns)
+            if batch.points.num_points == 0:  # empty scans only: nothing to run the teacher on
+                scans.extend(_empty_records(cfg, int(data.meta["num_classes"])) for _ in sizes)
+            else:
+                logp, point_features, voxel_features = teacher_targets(model, batch.to(device), autocast)
+                for lp, pf, vf in zip(logp.split(sizes), point_features.split(sizes), voxel_features.split(sizes)):
+                    columns = {"outputs": encode_outputs(lp, cfg.outputs, cfg.topk)}
+                    if projection is not None:
+                        columns["point_feature"] = encode_features(pf, projection["point"])
+                        columns["voxel_feature"] = encode_features(vf, projection["voxel"])
+                    scans.append(columns)
             finished += len(sizes)
             progress(finished, total)
         write_shard(out / shard, scans)
@@ -389,6 +402,14 @@ def make_cache(
     manifest["complete"] = True
     _write_json_atomic(manifest, out / "manifest.json")
     return manifest
+
+
+def _empty_records(cfg: CacheConfig, num_classes: int) -> dict[str, np.ndarray]:
+    """The records of a scan without points: every column, no row."""
+    columns = {"outputs": np.zeros((0, output_width(cfg.outputs, num_classes, cfg.topk)), np.uint8)}
+    if cfg.feature_dim:
+        columns["point_feature"] = columns["voxel_feature"] = np.zeros((0, cfg.feature_dim), np.uint8)
+    return columns
 
 
 def _resumable_shards(out: Path, manifest: dict) -> set[str]:
@@ -404,7 +425,7 @@ def _resumable_shards(out: Path, manifest: dict) -> set[str]:
 
 
 def _projection(out: Path, model, dataset, cfg: CacheConfig, device, autocast, resume: bool) -> dict | None:
-    """The feature projections, fitted on ``feature_scans`` evenly spaced train scans (or read back on resume)."""
+    """The feature projections, fitted on ``feature_scans`` evenly spaced cached scans (or read back on resume)."""
     from pvkd.train.checkpoint import save_atomic
     from pvkd.train.data import make_loader
 
@@ -413,8 +434,9 @@ def _projection(out: Path, model, dataset, cfg: CacheConfig, device, autocast, r
     path = out / "projection.pt"
     if resume and path.is_file():
         return torch.load(path, weights_only=True)
-    count = min(cfg.feature_scans, len(dataset))
-    positions = np.unique(np.linspace(0, len(dataset) - 1, count).round().astype(int))
+    candidates = np.flatnonzero(dataset.rows["num_points"].to_numpy() > 0)
+    count = min(cfg.feature_scans, len(candidates))
+    positions = candidates[np.unique(np.linspace(0, len(candidates) - 1, count).round().astype(int))]
     rng = np.random.default_rng(0)
     point_rows, voxel_rows = [], []
     for batch in make_loader(dataset, [[(0, int(p))] for p in positions], workers=0):

@@ -25,6 +25,7 @@ A term whose weight is 0 is not computed (the no-distillation baseline never tou
 
 from __future__ import annotations
 
+import math
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -38,11 +39,12 @@ from pvkd.errors import ParamsError
 from pvkd.models import SegOutput
 from pvkd.shards import ProcessedData
 from pvkd.train.config import section_fields
-from pvkd.train.losses import SegmentationLoss, class_counts, voxel_labels
+from pvkd.train.losses import IGNORE, SegmentationLoss, class_counts, voxel_labels
 
 MODES = ("cached", "online")
 SAMPLING = ("difficulty", "class", "distance", "uniform")
 AFFINITY_TERMS = ("point", "voxel")
+TARGETS = ("hard", "soft")
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,17 @@ class SupervoxelConfig:
     count: int  # K blocks drawn per scan
     points: int  # N_p points kept per drawn block
     voxels: int  # N_v voxels kept per drawn block
+
+
+@dataclass(frozen=True)
+class UnlabelledConfig:
+    """How a student learns from the scans of an unlabelled split (the teacher is all it has there)."""
+
+    split: str | None  # processed split of unlabelled scans (in cache.splits); null = labelled scans only
+    share: float  # probability that a scan slot of a batch is an unlabelled scan
+    target: str  # what the segmentation loss uses on unlabelled points: hard | soft
+    threshold: float  # hard: points whose teacher confidence is below this are ignored
+    weight: float  # weight of that segmentation loss on unlabelled points; 0 = only the PVKD terms see them
 
 
 @dataclass(frozen=True)
@@ -69,13 +82,16 @@ class DistillConfig:
     distance_scale_m: float
     distance_power: float
     supervoxel: SupervoxelConfig
+    unlabelled: UnlabelledConfig
 
     @classmethod
     def from_dict(cls, section: dict, where: str = "distill") -> DistillConfig:
         section = section_fields(cls, section, where)
         sv = section_fields(SupervoxelConfig, section["supervoxel"], f"{where}.supervoxel")
         sv["size"] = tuple(int(v) for v in sv["size"])
-        values = {**section, "supervoxel": SupervoxelConfig(**sv),
+        un = section_fields(UnlabelledConfig, section["unlabelled"], f"{where}.unlabelled")
+        un = {**un, "share": float(un["share"]), "threshold": float(un["threshold"]), "weight": float(un["weight"])}
+        values = {**section, "supervoxel": SupervoxelConfig(**sv), "unlabelled": UnlabelledConfig(**un),
                   "kl_class_weights": bool(section["kl_class_weights"]),
                   "affinity_terms": tuple(section["affinity_terms"] or ())}
         for key in ("temperature", "point_weight", "voxel_weight", "affinity_weight", "class_power",
@@ -97,6 +113,11 @@ class DistillConfig:
             problems.append("supervoxel.size must be three positive cell counts")
         if min(cfg.supervoxel.count, cfg.supervoxel.points, cfg.supervoxel.voxels) < 1:
             problems.append("supervoxel.count, points and voxels must be >= 1")
+        un = cfg.unlabelled
+        if un.target not in TARGETS:
+            problems.append(f"unlabelled.target must be one of {TARGETS}, got {un.target!r}")
+        if not 0 <= un.share < 1 or not 0 <= un.threshold <= 1 or un.weight < 0:
+            problems.append("unlabelled: share must be in [0, 1), threshold in [0, 1], weight >= 0")
         if problems:
             raise ParamsError(f"{where}: " + "; ".join(problems))
         return cfg
@@ -106,8 +127,19 @@ class DistillConfig:
         return self.affinity_weight > 0 and bool(self.affinity_terms)
 
     @property
-    def uses_teacher(self) -> bool:
+    def uses_kd(self) -> bool:
+        """Whether any PVKD term is on."""
         return self.point_weight > 0 or self.voxel_weight > 0 or self.uses_affinity
+
+    @property
+    def uses_unlabelled(self) -> bool:
+        """Whether the student trains on unlabelled scans: there is a split, a share, and something learns from it."""
+        un = self.unlabelled
+        return un.split is not None and un.share > 0 and (self.uses_kd or un.weight > 0)
+
+    @property
+    def uses_teacher(self) -> bool:
+        return self.uses_kd or self.uses_unlabelled
 
 
 @dataclass
@@ -164,16 +196,58 @@ class PVKDLoss(nn.Module):
     def on_batch(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The training engine's ``loss_fn``."""
         output = model(batch.points)
-        loss, terms = self.segmentation(output, batch.labels)
+        unlabelled = batch.unlabelled_points()
+        # the dataset already gives unlabelled scans label 0; masking again keeps any label off those points
+        labels = batch.labels.masked_fill(unlabelled, IGNORE)
+        loss, terms = self.segmentation(output, labels)
         if not self.cfg.uses_teacher:
             return loss, terms
         teacher = self.teacher_targets(batch)
-        distill_terms = self.distillation_terms(output, teacher, batch)
-        return loss + sum(distill_terms.values()), {**terms, **distill_terms}
+        extra = {}
+        if self.cfg.uses_unlabelled:
+            extra = self.unlabelled_terms(output, teacher, unlabelled)
+            # the teacher's top class stands in for the missing labels (supervoxel rarity, KL class weights)
+            labels = torch.where(unlabelled, teacher.logp.argmax(dim=1), labels)
+        extra |= self.distillation_terms(output, teacher, batch, labels)
+        return loss + sum(extra.values()), {**terms, **extra}
 
-    def distillation_terms(self, output: SegOutput, teacher: TeacherTargets, batch) -> dict[str, torch.Tensor]:
-        """The weighted PVKD terms that have a non-zero weight."""
+    def unlabelled_terms(self, output: SegOutput, teacher: TeacherTargets,
+                         unlabelled: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The segmentation loss on the points of unlabelled scans, against the teacher (``distill.unlabelled``).
+
+        hard: the teacher's top class as the label where its probability reaches ``threshold``
+        (ignored below), through the whole segmentation loss (class-weighted CE and Lovász on the
+        voxels, CE on the points) as a labelled scan's labels are. soft: the teacher's
+        distribution itself, as KL(teacher || student) on the points and on the voxels of unlabelled
+        scans at T = 1, each row weighed by the CE class weight of the teacher's top class (a
+        class-weighted soft cross-entropy). 0, attached, on a batch without unlabelled points.
+        """
+        un, seg = self.cfg.unlabelled, self.segmentation
+        top_logp, top = teacher.logp.max(dim=1)
+        if un.target == "hard":
+            confident = unlabelled & (top_logp >= math.log(max(un.threshold, 1e-12)))
+            total, _ = seg(output, torch.where(confident, top, torch.full_like(top, IGNORE)))
+            return {"unlabelled_seg": un.weight * total}
+        num_voxels = output.voxel_logits.shape[0]
+        voxel_unlabelled = torch.zeros(num_voxels, dtype=torch.bool, device=unlabelled.device)
+        voxel_unlabelled[output.point_to_voxel[unlabelled]] = True  # a voxel holds the points of one scan
+        voxel_target = losses.voxel_teacher_logprobs(teacher.logp, output.point_to_voxel, num_voxels, 1.0)
+        point_rows = _class_weight(seg.point_weights, top) * unlabelled
+        voxel_rows = _class_weight(seg.voxel_weights, voxel_target.argmax(dim=1)) * voxel_unlabelled
+        point = losses.kl_divergence(output.point_logits, teacher.logp, 1.0, row_weights=point_rows)
+        voxel = losses.kl_divergence(output.voxel_logits, voxel_target, 1.0, teacher_tempered=True,
+                                     row_weights=voxel_rows)
+        return {"unlabelled_seg": un.weight * (point + voxel)}
+
+    def distillation_terms(self, output: SegOutput, teacher: TeacherTargets, batch,
+                           labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The weighted PVKD terms that have a non-zero weight, over every point of the batch.
+
+        ``labels`` (N,): the points' labels, where a scan has none the teacher's top class
+        (default ``batch.labels``); they weigh KL rows (``kl_class_weights``) and the supervoxels'
+        class rarity."""
         cfg, terms = self.cfg, {}
+        point_labels = batch.labels if labels is None else labels
         temperature = cfg.temperature
         point_class_weights, voxel_class_weights = self.segmentation.point_weights, self.segmentation.voxel_weights
         weighted = cfg.kl_class_weights and point_class_weights is not None
@@ -181,9 +255,9 @@ class PVKDLoss(nn.Module):
         # majority label per student voxel: weighs voxel KL rows and the supervoxels' class rarity
         labels = None
         if (weighted and cfg.voxel_weight > 0) or cfg.uses_affinity:
-            labels = voxel_labels(batch.labels, output.point_to_voxel, num_voxels, self.segmentation.num_classes)
+            labels = voxel_labels(point_labels, output.point_to_voxel, num_voxels, self.segmentation.num_classes)
         if cfg.point_weight > 0:
-            rows = losses.class_row_weights(point_class_weights, batch.labels, teacher.logp) if weighted else None
+            rows = losses.class_row_weights(point_class_weights, point_labels, teacher.logp) if weighted else None
             terms["kl_point"] = cfg.point_weight * losses.kl_divergence(
                 output.point_logits, teacher.logp, temperature, row_weights=rows
             )
@@ -230,3 +304,7 @@ class PVKDLoss(nn.Module):
         voxel_groups = supervoxels.group_members(block_of_voxel, chosen, sv.voxels, None)
         return point_groups, voxel_groups
 
+
+def _class_weight(weights: torch.Tensor | None, classes: torch.Tensor) -> torch.Tensor:
+    """The CE class weight of each class id (1 where the loss is unweighted)."""
+    return weights[classes] if weights is not None else torch.ones(classes.shape, device=classes.device)

@@ -24,6 +24,9 @@ class SynthConfig:
     seed: int = 0
     sensor: str = "default"  # "default" (32 beams, ~22k points) or "hdl64" (64 beams, ~120k points)
     sequences: dict[str, list[str]] = field(default_factory=_default_sequences)  # split -> sequence names
+    # splits whose streets get label files; the others are written without (unlabelled scans, as a real
+    # dataset's test sequences or sweeps), for distillation on unlabelled scans
+    labelled_splits: tuple[str, ...] = ("train", "val")
     scans_per_sequence: int = 50
     frame_step_m: float = 2.0  # ego motion between scans (KITTI: ~1 m at 10 Hz; 2 m spreads few scans wider)
     traffic_density: float = 1.0  # parked and driving vehicles, x the tuned rate
@@ -73,6 +76,8 @@ class SynthConfig:
             params["sequences"] = {
                 split: [f"{int(s):02d}" for s in seqs] for split, seqs in params["sequences"].items()
             }
+        if "labelled_splits" in params:
+            params["labelled_splits"] = tuple(params["labelled_splits"] or ())
         return cls(**params)
 
     @classmethod

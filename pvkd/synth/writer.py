@@ -1,7 +1,8 @@
 """Write a synthetic dataset in the exact SemanticKITTI layout, and measure it while writing.
 
 ``root/sequences/NN/velodyne/XXXXXX.bin``  float32 x, y, z, remission (sensor frame)
-``root/sequences/NN/labels/XXXXXX.label``  uint32: raw semantic id | instance id << 16
+``root/sequences/NN/labels/XXXXXX.label``  uint32: raw semantic id | instance id << 16 (only for the
+                                           streets of ``labelled_splits``)
 ``root/sequences/NN/poses.txt``            3x4 row-major per scan, KITTI convention (below)
 ``root/sequences/NN/calib.txt``            P0..P3 and Tr (velodyne -> left camera)
 ``root/sequences/NN/times.txt``            seconds since the first scan (10 Hz)
@@ -111,7 +112,9 @@ def write_sequence(
     )
     seq_dir = root / "sequences" / seq
     (seq_dir / "velodyne").mkdir(parents=True)
-    (seq_dir / "labels").mkdir()
+    labelled = split in cfg.labelled_splits
+    if labelled:
+        (seq_dir / "labels").mkdir()
     lut = semantickitti_lut()
     stats = SequenceStats(split=split, sequence=seq)
     poses = []
@@ -119,7 +122,8 @@ def write_sequence(
         rng = np.random.default_rng([cfg.seed, int(seq), _SCAN_STREAM, frame])
         points, labels, origin, heading = simulate_scan(world, sensor, frame, rng)
         points.tofile(seq_dir / "velodyne" / f"{frame:06d}.bin")
-        labels.tofile(seq_dir / "labels" / f"{frame:06d}.label")
+        if labelled:
+            labels.tofile(seq_dir / "labels" / f"{frame:06d}.label")
         stats.add_scan(points, lut[labels & 0xFFFF], labels >> 16)
         poses.append(_velodyne_pose(origin, heading))
         if on_scan:

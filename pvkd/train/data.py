@@ -18,7 +18,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,7 +35,7 @@ from pvkd.train.config import AugmentConfig
 
 COLUMNS = ["x", "y", "z", "intensity", "label"]
 # independent random streams derived from the run's seed
-PERMUTATION_STREAM, AUGMENT_STREAM = 0, 1
+PERMUTATION_STREAM, AUGMENT_STREAM, MIX_STREAM = 0, 1, 2
 
 # extras(row of index.parquet) -> per-point arrays aligned with the scan's rows
 Extras = Callable[[pd.Series], dict[str, np.ndarray]]
@@ -47,8 +47,15 @@ class TrainBatch:
 
     points: PointBatch
     labels: torch.Tensor  # (N,) int64 training ids, 0 = ignored
-    positions: torch.Tensor  # (B,) int64 position of each scan in its split
+    positions: torch.Tensor  # (B,) int64 position of each scan in its dataset
+    labelled: torch.Tensor | None = None  # (B,) bool: False for scans of an unlabelled split (None: all labelled)
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def unlabelled_points(self) -> torch.Tensor:
+        """(N,) bool: the points of the scans of unlabelled splits."""
+        if self.labelled is None:
+            return torch.zeros_like(self.labels, dtype=torch.bool)
+        return ~self.labelled.to(self.labels.device)[self.points.batch]
 
     def to(self, device: torch.device | str) -> TrainBatch:
         non_blocking = torch.device(device).type == "cuda"
@@ -56,6 +63,7 @@ class TrainBatch:
             self.points.to(device),
             self.labels.to(device, non_blocking=non_blocking),
             self.positions,
+            self.labelled,
             {k: v.to(device, non_blocking=non_blocking) for k, v in self.extras.items()},
         )
 
@@ -63,36 +71,53 @@ class TrainBatch:
         """Called by the DataLoader (``pin_memory=True``) so host-to-GPU copies can overlap compute."""
         p = self.points
         pinned = PointBatch(p.xyz.pin_memory(), p.intensity.pin_memory(), p.batch.pin_memory(), p.batch_size)
-        return TrainBatch(pinned, self.labels.pin_memory(), self.positions, {
+        return TrainBatch(pinned, self.labels.pin_memory(), self.positions, self.labelled, {
             k: v.pin_memory() for k, v in self.extras.items()
         })
 
 
 class ScanDataset(Dataset):
-    """The scans of one split of a processed folder; item ``(epoch, position)`` -> one scan as numpy arrays.
+    """The scans of one or more splits of a processed folder; item ``(epoch, position)`` -> one scan as numpy arrays.
 
-    ``augment`` None: the points as stored (validation, caching, evaluation).
+    Positions run over the splits in the order given. ``augment`` None: the points as stored
+    (validation, caching, evaluation). Scans of ``unlabelled`` splits are used only through the
+    teacher: their labels are returned as 0 (ignored) whatever the shards hold, so no ground truth
+    that happens to be on disk reaches a loss. Empty scans (no point survived preprocessing) are
+    left out unless ``keep_empty`` (the cache and submissions need every scan).
     """
 
     def __init__(
         self,
         root: str | Path,
-        split: str,
+        split: str | Sequence[str],
         augment: AugmentConfig | None = None,
         seed: int = 0,
         extras: Extras | None = None,
+        unlabelled: Sequence[str] = (),
+        keep_empty: bool = False,
     ):
         self.root = Path(root)
-        self.split = split
-        self.rows = ProcessedData(root).scans(split)
+        self.splits = [split] if isinstance(split, str) else list(split)
+        self.split = self.splits[0]
+        data = ProcessedData(root)
+        rows = pd.concat([data.scans(s) for s in self.splits], ignore_index=True)
+        if not keep_empty:
+            rows = rows[rows["num_points"] > 0].reset_index(drop=True)
+        self.rows = rows
         if len(self.rows) == 0:
-            raise DataError(f"{self.root}: split {split!r} has no scans; check data.splits and preprocess.splits")
+            raise DataError(f"{self.root}: split(s) {self.splits} have no scans with points; check data.splits and "
+                            "preprocess.splits")
+        self.labelled = ~self.rows["split"].isin(list(unlabelled)).to_numpy()
         self.augment = augment
         self.seed = int(seed)
         self.extras = extras
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def count(self, split: str) -> int:
+        """Scans of ``split`` in the dataset (its positions are consecutive, in the order of the splits)."""
+        return int((self.rows["split"] == split).sum())
 
     def __getitem__(self, key: tuple[int, int]) -> dict:
         epoch, position = key
@@ -101,10 +126,12 @@ class ScanDataset(Dataset):
         xyz = np.stack([cols["x"], cols["y"], cols["z"]], 1)
         if self.augment is not None:
             xyz = augment(xyz, self.augment, np.random.default_rng([self.seed, AUGMENT_STREAM, epoch, position]))
+        labelled = bool(self.labelled[position])
         sample = {
             "xyz": xyz,
             "intensity": np.array(cols["intensity"], dtype=np.float32),  # a writable copy of the mapped column
-            "label": cols["label"].astype(np.int64),
+            "label": cols["label"].astype(np.int64) if labelled else np.zeros(len(xyz), np.int64),
+            "labelled": labelled,
             "position": position,
         }
         if self.extras is not None:
@@ -122,6 +149,7 @@ def collate(samples: list[dict]) -> TrainBatch:
         points=points,
         labels=torch.cat([torch.from_numpy(s["label"]) for s in samples]),
         positions=torch.tensor([s["position"] for s in samples], dtype=torch.long),
+        labelled=torch.tensor([s.get("labelled", True) for s in samples], dtype=torch.bool),
         extras=extras,
     )
 
@@ -133,11 +161,19 @@ class RunBatchSampler(Sampler[list[tuple[int, int]]]):
     ``k``-th block of ``batch_size x world_size`` scans and process ``r`` the ``r``-th
     ``batch_size`` of them. Scans left over after the last whole block sit that epoch out (the
     next permutation differs), so every process runs the same number of steps.
+
+    With ``unlabelled_scans`` (positions ``num_scans ..``, after the labelled ones) and
+    ``unlabelled_share`` > 0, each scan slot of an epoch is an unlabelled scan with probability
+    ``unlabelled_share`` (one draw per slot from (seed, epoch)); labelled slots take the epoch's
+    permutation in order, unlabelled slots a stream of permutations of the unlabelled scans. The
+    step count stays that of the labelled scans alone, so a student with unlabelled scans runs as
+    many steps as one without.
     """
 
     def __init__(
         self, num_scans: int, batch_size: int, epochs: int, seed: int,
         rank: int = 0, world_size: int = 1, start_step: int = 0,
+        unlabelled_scans: int = 0, unlabelled_share: float = 0.0,
     ):
         self.num_scans, self.batch_size, self.seed = num_scans, batch_size, seed
         self.rank, self.world_size = rank, world_size
@@ -146,18 +182,36 @@ class RunBatchSampler(Sampler[list[tuple[int, int]]]):
             raise DataError(
                 f"{num_scans} training scans cannot fill one step of {batch_size} scans x {world_size} processes"
             )
+        if unlabelled_share > 0 and unlabelled_scans == 0:
+            raise DataError("an unlabelled share > 0 needs unlabelled scans; check the unlabelled split")
+        self.unlabelled_scans, self.unlabelled_share = unlabelled_scans, unlabelled_share
         self.total_steps = epochs * self.steps_per_epoch
         self.start_step = start_step
-        self._epoch, self._permutation = -1, np.empty(0, np.int64)
+        self._epoch, self._order = -1, np.empty(0, np.int64)
 
     def __len__(self) -> int:
         return max(self.total_steps - self.start_step, 0)
 
     def permutation(self, epoch: int) -> np.ndarray:
+        """The positions of epoch ``epoch``'s scan slots, in order (labelled and unlabelled mixed)."""
         if epoch != self._epoch:
             rng = np.random.default_rng([self.seed, PERMUTATION_STREAM, epoch])
-            self._epoch, self._permutation = epoch, rng.permutation(self.num_scans)
-        return self._permutation
+            order = rng.permutation(self.num_scans)
+            if self.unlabelled_share > 0:
+                order = self._mix(epoch, order)
+            self._epoch, self._order = epoch, order
+        return self._order
+
+    def _mix(self, epoch: int, labelled: np.ndarray) -> np.ndarray:
+        slots = self.steps_per_epoch * self.batch_size * self.world_size
+        mix = np.random.default_rng([self.seed, MIX_STREAM, epoch])
+        unlabelled = mix.random(slots) < self.unlabelled_share
+        count = int(unlabelled.sum())
+        stream = [mix.permutation(self.unlabelled_scans) for _ in range(-(-count // self.unlabelled_scans))]
+        order = np.empty(slots, np.int64)
+        order[~unlabelled] = labelled[: slots - count]
+        order[unlabelled] = self.num_scans + np.concatenate(stream or [np.empty(0, np.int64)])[:count]
+        return order
 
     def batch(self, step: int) -> list[tuple[int, int]]:
         """The keys of process ``rank``'s scans at global step ``step``."""

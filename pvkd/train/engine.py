@@ -121,6 +121,7 @@ class Trainer:
         callbacks: Sequence[Callback] = (),
         description: str = "train",
         show_progress: bool = True,
+        unlabelled_share: float = 0.0,
     ):
         self.model, self.loss_fn, self.cfg, self.info = model, loss_fn, cfg, info
         self.train_set, self.val_set = train_set, val_set
@@ -129,6 +130,7 @@ class Trainer:
         self.live_dir = live_dir
         self.callbacks = list(callbacks)
         self.description = description
+        self.unlabelled_share = unlabelled_share
         self.show_progress = show_progress and dist.is_main
         self.num_classes = len(info["class_names"])
         self.fingerprint = digest({"train": cfg.fingerprint(), "model": info, "world_size": dist.world_size})
@@ -149,8 +151,11 @@ class Trainer:
         self.ddp = distributed.wrap(self.model.to(self.device), self.dist, self.device, cfg.sync_batchnorm)
         self.module = distributed.unwrap(self.ddp)  # SyncBatchNorm conversion makes a new module
         self.optimizer = torch.optim.AdamW(parameter_groups(self.module, cfg.weight_decay), lr=cfg.lr)
+        # the train set lists its labelled scans first, then those of unlabelled splits (distillation only)
+        labelled = int(self.train_set.labelled.sum())
         self.sampler = RunBatchSampler(
-            len(self.train_set), cfg.batch_size, cfg.epochs, cfg.seed, self.dist.rank, self.dist.world_size
+            labelled, cfg.batch_size, cfg.epochs, cfg.seed, self.dist.rank, self.dist.world_size,
+            unlabelled_scans=len(self.train_set) - labelled, unlabelled_share=self.unlabelled_share,
         )
         total = self.sampler.total_steps
         warmup = round(cfg.warmup_fraction * total)
