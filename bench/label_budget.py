@@ -78,8 +78,10 @@ def budget_params(base: dict, streets: int, raw: Path) -> dict:
     return p
 
 
-def prepare(folder: Path, params: dict, teacher_steps: int) -> tuple[Path, Path, Path, int, float]:
-    """Preprocess, teacher and cache of one budget (each reused when already there)."""
+def prepare(folder: Path, params: dict, teacher_steps: int,
+            need_teacher: bool = True) -> tuple[Path, Path, Path, int, float | None]:
+    """Preprocess, teacher and cache of one budget (each reused when already there; no teacher or cache
+    when only the baseline, which never reads them, is asked for)."""
     folder.mkdir(parents=True, exist_ok=True)
     data, teacher, cache = folder / "processed", folder / "teacher.pt", folder / "cache"
     if not (data / "meta.json").is_file():
@@ -87,6 +89,8 @@ def prepare(folder: Path, params: dict, teacher_steps: int) -> tuple[Path, Path,
         pvkd("preprocess", "--params", str(folder / "params.yaml"), "--out", str(data),
              "--metrics", str(folder / "preprocess.json"), log=folder / "preprocess.log")
     labelled = json.loads((data / "meta.json").read_text())["splits"]["train"]["scans"]
+    if not need_teacher:
+        return data, teacher, cache, labelled, None
     if not teacher.is_file():
         p = copy.deepcopy(params)
         p["teacher"]["train"] = {**(p["teacher"].get("train") or {}), "epochs": max(1, round(teacher_steps / labelled))}
@@ -171,9 +175,12 @@ def main() -> None:
     for streets in args.budgets:
         params = budget_params(base, streets, raw.resolve())
         folder = work / f"streets-{streets}"
-        data, teacher, cache, labelled, teacher_miou = prepare(folder, params, args.teacher_steps)
+        need_teacher = args.students != ["baseline"]
+        data, teacher, cache, labelled, teacher_miou = prepare(folder, params, args.teacher_steps, need_teacher)
         entry = budgets.setdefault(str(streets), {"runs": []})
-        entry.update(teacher_miou=teacher_miou, labelled_scans=labelled, unlabelled_streets=8 - streets)
+        entry.update(labelled_scans=labelled, unlabelled_streets=8 - streets)
+        if teacher_miou is not None:
+            entry["teacher_miou"] = teacher_miou
         done = {(r["steps"], r["student"], r["seed"]) for r in entry["runs"]}
         # with every street labelled there are no unlabelled scans: pseudo would be the baseline
         students = [n for n in args.students if not (n == "pseudo" and streets == 8)]

@@ -1,4 +1,4 @@
-"""Stage `cache-logits`: the frozen teacher once over every train scan -> data/teacher_cache."""
+"""Stage `cache-logits`: the frozen teacher once over every scan of cache.splits -> data/teacher_cache."""
 
 from __future__ import annotations
 
@@ -15,11 +15,12 @@ def main(
     teacher: Path = typer.Option(Path("models/teacher.pt"), help="Teacher model record (`pvkd teacher-train`)."),
     data: Path = typer.Option(Path("data/processed"), help="Processed data folder (`pvkd preprocess`)."),
     out: Path = typer.Option(Path("data/teacher_cache"), help="Cache folder: manifest.json, projection.pt, "
-                             "shards/train-NNNNN.parquet."),
+                             "shards/<split>-NNNNN.parquet."),
 ) -> None:
-    """Cache the teacher's outputs on every train point, for every student to distil from.
+    """Cache the teacher's outputs on every point of cache.splits, for every student to distil from.
 
-    Per point, in the order of the shards: the teacher's class distribution (cache.outputs:
+    cache.splits: train, plus any unlabelled split students distil on. Per point, in the order
+    of the shards: the teacher's class distribution (cache.outputs:
     topk, int8 or fp16 log-probabilities) and, when cache.feature_dim > 0, its point feature
     and its voxel's feature projected to feature_dim dims (int8 unit vectors) for the affinity terms. The
     manifest records the teacher's and the shards' hashes; students refuse a cache that does

@@ -50,8 +50,12 @@ def main(
     distill.voxel_weight x voxelwise KL + distill.affinity_weight x (inter-point + inter-voxel
     affinity inside distill.supervoxel.count supervoxels per scan, drawn by distill.sampling).
     The student's own distill: and train: keys override the sections (the baseline sets every
-    weight to 0). Teacher outputs come from the cache (distill.mode cached) or from running the
-    teacher on each batch (online). Same engine as teacher-train: DDP under torchrun with
+    weight to 0). With distill.unlabelled.split, the student also trains on the scans of that
+    unlabelled split (a share of the batches), where the segmentation loss takes the teacher's
+    targets and every PVKD term applies; the baseline (no teacher term, unlabelled.weight 0)
+    trains on the labelled scans only. Teacher outputs come from the cache (distill.mode
+    cached; cache.splits must hold the unlabelled split) or from running the teacher on each
+    batch (online). Same engine as teacher-train: DDP under torchrun with
     train.processes > 1, resumes after an interruption, curves in dvclive.
     """
 

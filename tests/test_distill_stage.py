@@ -177,6 +177,13 @@ def test_distilled_students_learn_from_unlabelled_scans_and_the_baseline_never_r
     # a cache without the unlabelled split is refused, naming the fix
     done = distill(root, processed, params, "pvkd", tmp_path / "again", cache=root / "cache-train")
     assert done.exit_code != 0 and "cache.splits" in str(done.exception)
+    # the online teacher runs on the unlabelled scans themselves: no cache needed
+    params_dict["distill"]["mode"] = "online"
+    params.write_text(yaml.safe_dump(params_dict))
+    seen.clear()
+    done = distill(root, processed, params, "pvkd", tmp_path / "online", cache=tmp_path / "no-cache")
+    assert done.exit_code == 0, done.output
+    assert seen == {"train", "unlabelled", "val"} and "online teacher" in done.output
 
 
 def test_scoring_a_model_on_scans_it_trained_on_is_refused(unlabelled_setup):
