@@ -33,6 +33,37 @@ def student_sections(params: dict, name: str, where: Path) -> tuple[dict, dict, 
             merge_sections(params["train"], student.get("train")))
 
 
+def effective_config(params: dict, name: str, where: Path) -> dict:
+    """Everything ``pvkd distill --student name`` computes with: its model, its merged distill and train
+    sections, and the grid section (a student of the other grid kind takes its grid from there)."""
+    model, distill_section, train_section = student_sections(params, name, where)
+    return {"student": name, "model": model, "distill": distill_section, "train": train_section,
+            "grid": params.get("grid")}
+
+
+def config_main(
+    student: str = typer.Option(..., help="Name of the student under students: in params.yaml."),
+    params: Path = typer.Option(Path("params.yaml"), help="Params file; reads students.<name>, distill, train, grid."),
+    out: Path = typer.Option(None, help="JSON file to write; default configs/<student>.json."),
+) -> None:
+    """Write one student's effective config (its own keys merged over distill and train) as JSON.
+
+    DVC's foreach gives every distill@<student> stage the whole distill and train sections, so
+    `dvc exp run -S distill.affinity_weight=0.5` would re-train the baseline, whose own keys set
+    that weight to 0. Each distill stage depends on this file instead: the file is rewritten for
+    every student, but only the students whose effective config changed are trained again.
+    """
+    import json
+
+    from pvkd.atomic import atomic_path
+
+    out = out or Path("configs") / f"{student}.json"
+    config = effective_config(load_params(params), student, params)
+    with atomic_path(out) as tmp:
+        tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    console.print(f"{out}: the effective config of student {student}")
+
+
 def main(
     student: str = typer.Option(..., help="Name of the student under students: in params.yaml."),
     params: Path = typer.Option(Path("params.yaml"), help="Params file; reads students.<name>, distill and train."),
@@ -73,8 +104,8 @@ def main(
     out = out or Path("models") / f"{student}.pt"
     live = live or Path("dvclive") / student
     checkpoints = checkpoints or Path("checkpoints") / student
-    p = load_params(params)
-    model_cfg, distill_section, train_section = student_sections(p, student, params)
+    config = effective_config(load_params(params), student, params)  # what configs/<student>.json holds
+    model_cfg, distill_section, train_section = config["model"], config["distill"], config["train"]
     dcfg = DistillConfig.from_dict(distill_section, where=f"distill (students.{student}.distill over it)")
     cfg = TrainConfig.from_dict(train_section, where=f"train (students.{student}.train over it)")
 
@@ -88,7 +119,7 @@ def main(
     dist, device = distributed.setup(cfg)
     try:
         processed = ProcessedData(data)
-        model, info = model_for_data(model_cfg, processed, p.get("grid"))
+        model, info = model_for_data(model_cfg, processed, config["grid"])
         # the run's identity includes the distillation recipe (resume only the very same run)
         info = {**info, "distill": dict(distill_section), "student": student}
         segmentation = SegmentationLoss.for_data(cfg.loss, processed)

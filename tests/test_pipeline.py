@@ -1,8 +1,9 @@
 """`dvc repro` end to end on a tiny profile, in a throw-away git repository.
 
 Asserts on DVC's own output: the first repro runs every stage (a width-2 teacher, two steps; two
-width-2 students), the second does nothing, `dvc exp run -S distill.affinity_weight=0.5` re-runs
-only the students, evaluate and report and leaves the teacher cache as it was, and
+width-2 students, the PVKD one also on an unlabelled street), the second does nothing, `dvc exp
+run -S distill.affinity_weight=0.5` re-runs only the PVKD student (the baseline's effective config
+does not change), evaluate and report and leaves the teacher cache as it was, and
 `dvc exp run -S synth.seed=1` regenerates, reprocesses and retrains.
 """
 
@@ -37,17 +38,21 @@ def repo(tmp_path):
     (tmp_path / ".dvc").mkdir()
     shutil.copy(ROOT / ".dvc/config", tmp_path / ".dvc/config")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["synth"].update(sequences={"train": ["00"], "val": ["08"]}, scans_per_sequence=2, workers=1)
-    params["data"]["splits"] = {"train": ["00"], "val": ["08"]}
-    params["preprocess"]["workers"] = 1
+    # street 01 is written without labels and distilled on as the unlabelled split
+    splits = {"train": ["00"], "unlabelled": ["01"], "val": ["08"]}
+    params["synth"].update(sequences=splits, scans_per_sequence=2, workers=1)
+    params["data"]["splits"] = splits
+    params["preprocess"].update(workers=1, splits=["train", "val", "unlabelled"])
     params["teacher"]["model"]["width"] = 2
     params["teacher"]["train"] = {"epochs": 1}
-    params["cache"].update(feature_scans=1, batch_size=1)
+    params["cache"].update(feature_scans=1, batch_size=1, splits=["train", "unlabelled"])
+    params["distill"]["unlabelled"]["split"] = "unlabelled"
     student = {"arch": "cylinder3d", "width": 2}
     params["students"] = {
         "pvkd": {"description": "PVKD", "model": student},
         "baseline": {"description": "no distillation", "model": student,
-                     "distill": {"point_weight": 0.0, "voxel_weight": 0.0, "affinity_weight": 0.0}},
+                     "distill": {"point_weight": 0.0, "voxel_weight": 0.0, "affinity_weight": 0.0,
+                                 "unlabelled": {"weight": 0.0}}},
     }
     params["evaluate"].update(cost_scans=1, latency_runs=1, batch_size=1)
     params["train"].update(batch_size=1, val_every=0, checkpoint_every=0, workers=0, threads=1, processes=1,
@@ -60,8 +65,8 @@ def repo(tmp_path):
     return tmp_path
 
 
-STAGES = ("synth", "preprocess", "teacher-train", "cache-logits", "distill@pvkd", "distill@baseline", "evaluate",
-          "report")
+STAGES = ("synth", "preprocess", "teacher-train", "cache-logits", "student-config@pvkd", "student-config@baseline",
+          "distill@pvkd", "distill@baseline", "evaluate", "report")
 
 
 def tree_digest(folder: Path) -> dict[str, str]:
@@ -74,6 +79,10 @@ def test_repro_then_noop_then_experiments(repo):
     assert all(f"Running stage '{stage}'" in first for stage in STAGES)
     meta = json.loads((repo / "data/processed/meta.json").read_text())
     assert meta["splits"]["train"]["scans"] == 2 and meta["splits"]["val"]["scans"] == 2
+    assert meta["splits"]["unlabelled"]["scans"] == 2 and not meta["splits"]["unlabelled"]["labelled"]
+    assert not (repo / "data/raw/synthetic/sequences/01/labels").exists()
+    assert torch.load(repo / "models/pvkd.pt", weights_only=True)["train_splits"] == ["train", "unlabelled"]
+    assert torch.load(repo / "models/baseline.pt", weights_only=True)["train_splits"] == ["train"]
     teacher = torch.load(repo / "models/teacher.pt", weights_only=True)
     assert teacher["shards_hash"] == meta["shards_hash"] and teacher["step"] == 2
     shown = sh("dvc", "metrics", "show", cwd=repo)
@@ -90,7 +99,9 @@ def test_repro_then_noop_then_experiments(repo):
     cache = tree_digest(repo / "data/teacher_cache")
     exp = sh("dvc", "exp", "run", "-S", "distill.affinity_weight=0.5", cwd=repo)
     ran = {stage for stage in STAGES if f"Running stage '{stage}'" in exp}
-    assert ran == {"distill@pvkd", "distill@baseline", "evaluate", "report"}, exp
+    # the baseline sets affinity_weight 0 itself: its effective config, and so its model, stay
+    assert ran == {"student-config@pvkd", "student-config@baseline", "distill@pvkd", "evaluate", "report"}, exp
+    assert "Stage 'distill@baseline' didn't change, skipping" in exp
     assert "Stage 'cache-logits' didn't change, skipping" in exp
     assert tree_digest(repo / "data/teacher_cache") == cache
 
