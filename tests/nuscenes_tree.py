@@ -1,7 +1,7 @@
 """Build a tiny nuScenes-lidarseg tree in the real on-disk layout, for tests.
 
     <root>/samples/LIDAR_TOP/<log>__LIDAR_TOP__<timestamp>.pcd.bin   keyframe scans, float32 x 5
-    <root>/sweeps/LIDAR_TOP/<log>__LIDAR_TOP__<timestamp>.pcd.bin    non-keyframe sweeps (to be ignored)
+    <root>/sweeps/LIDAR_TOP/<log>__LIDAR_TOP__<timestamp>.pcd.bin    non-keyframe sweeps, float32 x 5
     <root>/lidarseg/<version>/<sample_data_token>_lidarseg.bin        uint8 fine-class index per point
     <root>/<version>/{scene,sample,sample_data,sensor,calibrated_sensor,log,category,lidarseg}.json
 
@@ -9,6 +9,9 @@ Every scan is recognisable from its values, so tests can hand-compute what a rea
 scan ``frame`` of the ``s``-th scene has ``6 + frame`` points with x = 100 * s + frame,
 y = 0, 1, 2, ..., z = -1.5, intensity = 0, 51, 102, ... (mod 256; /255 gives 0, 0.2, 0.4, ...),
 ring = point index mod 32, and fine labels ``LABEL_CYCLE[(frame + i) % len(LABEL_CYCLE)]``.
+After each keyframe come ``sweeps_per_keyframe`` unlabelled lidar sweeps, 50 ms apart (20 Hz):
+sweep ``k`` of the scene (by timestamp) holds the points a keyframe ``40 + k`` would, and a
+non-keyframe camera image (sweeps/CAM_FRONT) follows each keyframe, for readers to skip.
 ``category.json`` numbers the 32 classes in a shuffled order (``TREE_FINE_INDEX``), and every
 table lists its records in reverse time order, so only a reader that maps by class name
 and orders by timestamp gets the right answer.
@@ -63,10 +66,10 @@ def make_token(*parts: object) -> str:
 class TreeScan:
     token: str  # lidar sample_data token
     scene: str
-    frame: int  # position among the scene's keyframes by timestamp
+    frame: int  # position among the scene's keyframes (or sweeps) by timestamp
     timestamp: int
     points: np.ndarray  # (N, 5) float32 as written
-    fine_names: tuple[str, ...]  # fine class name per point
+    fine_names: tuple[str, ...]  # fine class name per point; () for a sweep
     points_path: Path
     labels_path: Path | None
 
@@ -76,14 +79,18 @@ class NuScenesTree:
     root: Path
     version: str
     scans: list[TreeScan]  # keyframes, scene by scene, each by timestamp
-    sweep_tokens: list[str] = field(default_factory=list)  # non-keyframe LIDAR_TOP sample_data
-    camera_tokens: list[str] = field(default_factory=list)  # CAM_FRONT keyframe sample_data
+    sweeps: list[TreeScan] = field(default_factory=list)  # non-keyframe LIDAR_TOP, likewise ordered
+    sweep_tokens: list[str] = field(default_factory=list)  # tokens of ``sweeps``
+    camera_tokens: list[str] = field(default_factory=list)  # CAM_FRONT sample_data, keyframes and sweeps
 
     def table(self, name: str) -> Path:
         return self.root / self.version / f"{name}.json"
 
     def scene(self, name: str) -> list[TreeScan]:
         return [scan for scan in self.scans if scan.scene == name]
+
+    def scene_sweeps(self, name: str) -> list[TreeScan]:
+        return [sweep for sweep in self.sweeps if sweep.scene == name]
 
 
 def scan_points(scene_index: int, frame: int) -> np.ndarray:
@@ -103,13 +110,18 @@ def build_nuscenes_tree(
     version: str = "v1.0-trainval",
     scenes: dict[str, int] | None = None,
     labelled: bool | None = None,
+    sweeps_per_keyframe: int = 1,
 ) -> NuScenesTree:
     """Write a tree under ``root``: ``scenes`` maps scene name -> number of keyframes.
+
+    ``sweeps_per_keyframe`` (0..9: they must fit in the 500 ms to the next keyframe) lidar
+    sweeps follow each keyframe.
 
     ``labelled`` (default: every version but v1.0-test) writes lidarseg.json, the label files
     and a lidarseg category.json; otherwise category.json is the detection-only one (no index).
     """
     root = Path(root)
+    assert 0 <= sweeps_per_keyframe <= 9, "sweeps are 50 ms apart and keyframes 500 ms"
     scenes = DEFAULT_SCENES[version] if scenes is None else scenes
     labelled = version != "v1.0-test" if labelled is None else labelled
     table_dir = root / version
@@ -174,20 +186,28 @@ def build_nuscenes_tree(
             tree.scans.append(
                 TreeScan(token, scene, frame, timestamp, points, fine_names, root / filename, labels_path)
             )
-            # A lidar sweep between keyframes and a camera keyframe: both must be ignored.
-            sweep_token, sweep_time = make_token("sweep", scene, frame), timestamp + 50_000
-            sweep_name = f"sweeps/LIDAR_TOP/{log_name}__LIDAR_TOP__{sweep_time}.pcd.bin"
-            scan_points(scene_index, frame + 40).tofile(root / sweep_name)
-            tables["sample_data"].append(
-                _sample_data(sweep_token, sample_token, lidar_calib, sweep_time, sweep_name, False)
-            )
-            camera_token = make_token("camera", scene, frame)
-            camera_name = f"samples/CAM_FRONT/{log_name}__CAM_FRONT__{timestamp + 12_000}.jpg"
-            tables["sample_data"].append(
-                _sample_data(camera_token, sample_token, camera_calib, timestamp + 12_000, camera_name, True)
-            )
-            tree.sweep_tokens.append(sweep_token)
-            tree.camera_tokens.append(camera_token)
+            # Lidar sweeps up to the next keyframe (only sweep splits read them), then two camera
+            # images, a keyframe and a sweep, that are never scans.
+            for j in range(sweeps_per_keyframe):
+                sweep_frame, sweep_time = frame * sweeps_per_keyframe + j, timestamp + 50_000 * (j + 1)
+                sweep_token = make_token("sweep", scene, sweep_frame)
+                sweep_name = f"sweeps/LIDAR_TOP/{log_name}__LIDAR_TOP__{sweep_time}.pcd.bin"
+                sweep_points = scan_points(scene_index, 40 + sweep_frame)
+                sweep_points.tofile(root / sweep_name)
+                tables["sample_data"].append(
+                    _sample_data(sweep_token, sample_token, lidar_calib, sweep_time, sweep_name, False)
+                )
+                tree.sweeps.append(
+                    TreeScan(sweep_token, scene, sweep_frame, sweep_time, sweep_points, (), root / sweep_name, None)
+                )
+                tree.sweep_tokens.append(sweep_token)
+            for kind, folder, delay in (("camera", "samples", 12_000), ("camera-sweep", "sweeps", 262_000)):
+                camera_token, camera_time = make_token(kind, scene, frame), timestamp + delay
+                camera_name = f"{folder}/CAM_FRONT/{log_name}__CAM_FRONT__{camera_time}.jpg"
+                tables["sample_data"].append(
+                    _sample_data(camera_token, sample_token, camera_calib, camera_time, camera_name, kind == "camera")
+                )
+                tree.camera_tokens.append(camera_token)
 
     if labelled:
         tables["category"] = [

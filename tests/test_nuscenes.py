@@ -103,6 +103,118 @@ def test_embedded_official_lists_have_the_official_sizes():
     assert lists["mini_val"] == ["scene-0103", "scene-0916"]
 
 
+# ------------------------------------------------------------------ sweep splits
+
+
+@pytest.fixture
+def swept(tmp_path):
+    """The default tree with three lidar sweeps after each keyframe."""
+    return build_nuscenes_tree(tmp_path / "nuscenes", sweeps_per_keyframe=3)
+
+
+def test_sweep_split_lists_the_sweeps_of_its_scenes_in_time_order(swept):
+    splits = {"train": ["scene-0001"], "val": ["scene-0003"], "unlabelled": ["scene-0002", "scene-0001"]}
+    records = NuScenes(swept.root, splits=splits, sweep_splits=("unlabelled",)).scans("unlabelled")
+    expected = swept.scene_sweeps("scene-0002") + swept.scene_sweeps("scene-0001")
+    assert len(expected) == 2 * 3 + 3 * 3
+    assert [record.token for record in records] == [sweep.token for sweep in expected]
+    assert frames(records) == [("scene-0002", k) for k in range(6)] + [("scene-0001", k) for k in range(9)]
+    times = [sweep.timestamp for sweep in swept.scene_sweeps("scene-0001")]
+    assert times == sorted(times)  # the tree writes them newest first
+    for record, sweep in zip(records, expected):
+        assert record.scan_id == record.token and record.split == "unlabelled"
+        assert record.points_path == str(sweep.points_path) and "/sweeps/LIDAR_TOP/" in record.points_path
+        assert record.labels_path is None
+
+
+def test_sweeps_load_their_points_and_no_labels(swept):
+    dataset = NuScenes(swept.root, sweep_splits=("unlabelled",))
+    records = dataset.scans("unlabelled")
+    for record, sweep in zip(records, swept.scene_sweeps("scene-0001") + swept.scene_sweeps("scene-0002")):
+        points, labels = dataset.load(record)
+        assert labels is None
+        np.testing.assert_allclose(points, sweep.points[:, :4] / [1, 1, 1, 255], atol=1e-6)
+    points, _ = dataset.load(records[4])  # scene-0001 sweep 4: 6 + 40 + 4 points, x = 100 * 0 + 44
+    assert points.shape == (50, 4)
+    np.testing.assert_array_equal(points[:, 0], 44.0)
+
+
+def test_sweep_split_defaults_to_the_official_train_scenes(swept):
+    official = NuScenes(swept.root, sweep_splits=("unlabelled",))
+    assert official.splits["unlabelled"] == ["scene-0001", "scene-0002"]
+    # data.splits that do not name the sweep split: still the official train scenes.
+    explicit = NuScenes(swept.root, splits={"train": ["scene-0003"]}, sweep_splits=("unlabelled",))
+    assert explicit.splits["unlabelled"] == ["scene-0001", "scene-0002"]
+    assert frames(explicit.scans("unlabelled"))[-1] == ("scene-0002", 5)
+
+
+def test_sweep_split_named_in_splits_takes_those_scenes(swept):
+    scene_0003 = [sweep.token for sweep in swept.scene_sweeps("scene-0003")]
+    dataset = NuScenes(swept.root, splits={"unlabelled": ["scene-0003"]}, sweep_splits=("unlabelled",))
+    assert [record.token for record in dataset.scans("unlabelled")] == scene_0003
+    # With official splits, a sweep split named after one of them keeps its scenes (val: scene-0003).
+    dataset = NuScenes(swept.root, labelled_splits=("train",), sweep_splits=("val",))
+    assert [record.token for record in dataset.scans("val")] == scene_0003
+
+
+def test_mini_sweep_split_takes_mini_train(tmp_path):
+    tree = build_nuscenes_tree(tmp_path, version="v1.0-mini", sweeps_per_keyframe=2)
+    dataset = NuScenes(tree.root, version="v1.0-mini", sweep_splits=("unlabelled",))
+    assert frames(dataset.scans("unlabelled")) == [("scene-0061", k) for k in range(4)]
+
+
+def test_test_version_sweep_split_needs_its_scenes_named(tmp_path):
+    tree = build_nuscenes_tree(tmp_path, version="v1.0-test")
+    with pytest.raises(DataError, match="sweep split 'unlabelled' .*no official train scenes; name its scenes"):
+        NuScenes(tree.root, version="v1.0-test", sweep_splits=("unlabelled",))
+    dataset = NuScenes(tree.root, version="v1.0-test", splits={"unlabelled": ["scene-0077"]},
+                       sweep_splits=("unlabelled",))
+    assert [record.token for record in dataset.scans("unlabelled")] == tree.sweep_tokens
+
+
+def test_keyframe_splits_are_unchanged_by_a_sweep_split(swept):
+    dataset = NuScenes(swept.root, sweep_splits=("unlabelled",))
+    train, val = dataset.scans("train"), dataset.scans("val")
+    assert [r.token for r in train + val] == [scan.token for scan in swept.scans]
+    assert all(record.labels_path is not None for record in train + val)
+    sweeps = [record.token for record in dataset.scans("unlabelled")]
+    train_scene_sweeps = swept.scene_sweeps("scene-0001") + swept.scene_sweeps("scene-0002")
+    assert sweeps == [sweep.token for sweep in train_scene_sweeps]  # not the val scene's, nor cameras
+    assert set(sweeps).isdisjoint(swept.camera_tokens)
+
+
+def test_sweep_split_cannot_be_labelled(tree):
+    with pytest.raises(DataError, match=r"\['train'\] are in data.sweep_splits and in data.labelled_splits"):
+        NuScenes(tree.root, sweep_splits=("train",))
+    dataset = NuScenes(tree.root, labelled_splits=("val",), sweep_splits=("train",))
+    assert [record.token for record in dataset.scans("train")] == tree.sweep_tokens[:5]
+
+
+def test_missing_sweep_file_names_the_sweeps_archives(swept):
+    path = swept.scene_sweeps("scene-0002")[4].points_path
+    path.unlink()
+    expected = re.escape(f"{path}: not found, and 0 more file(s) of split 'unlabelled'") + ".*sweeps archives"
+    with pytest.raises(DataError, match=expected):
+        NuScenes(swept.root, sweep_splits=("unlabelled",)).scans("unlabelled")
+
+
+def test_scene_without_sweeps(tmp_path):
+    tree = build_nuscenes_tree(tmp_path, sweeps_per_keyframe=0)
+    expected = "sample_data.json: scene scene-0001 of split 'unlabelled' has no LIDAR_TOP sweep"
+    with pytest.raises(DataError, match=expected):
+        NuScenes(tree.root, sweep_splits=("unlabelled",))
+
+
+def test_open_dataset_passes_sweep_splits(swept):
+    data = {"dataset": "nuscenes", "root": str(swept.root), "nuscenes_version": "v1.0-trainval",
+            "splits": None, "labelled_splits": ["train", "val"], "sweep_splits": ["unlabelled"]}
+    dataset = open_dataset(data)
+    assert [record.token for record in dataset.scans("unlabelled")] == [
+        sweep.token for sweep in swept.scene_sweeps("scene-0001") + swept.scene_sweeps("scene-0002")
+    ]
+    assert open_dataset({**data, "sweep_splits": []}).sweep_splits == ()
+
+
 # ------------------------------------------------------------------ loading
 
 

@@ -18,5 +18,11 @@ def open_dataset(data: dict) -> Dataset:
     if data["dataset"] == "nuscenes":
         from pvkd.datasets.nuscenes import NuScenes
 
-        return NuScenes(data["root"], version=data["nuscenes_version"], splits=splits, labelled_splits=labelled)
+        return NuScenes(
+            data["root"],
+            version=data["nuscenes_version"],
+            splits=splits,
+            labelled_splits=labelled,
+            sweep_splits=tuple(data.get("sweep_splits") or ()),
+        )
     raise DataError(f"data.dataset must be 'semantickitti' or 'nuscenes', got {data['dataset']!r} (params.yaml)")
