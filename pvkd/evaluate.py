@@ -269,6 +269,7 @@ def model_metrics(
         "latency_ms": cost["latency_ms"],
         "tta": bool(cfg.tta),
         "val_scans": evaluation.scans,
+        "train_splits": list(record.get("train_splits", ["train"])),  # an unlabelled split: semi-supervised
     }
 
 

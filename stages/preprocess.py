@@ -49,6 +49,7 @@ def main(
     metrics.write_text(json.dumps(meta["splits"], indent=2))
     for split, s in meta["splits"].items():
         console.print(
-            f"{split}: {s['scans']} scans, {s['points']:,} points, {s['dropped_nonfinite']} non-finite dropped, "
+            f"{split}{'' if s['labelled'] else ' (unlabelled)'}: {s['scans']} scans ({s['empty_scans']} empty), "
+            f"{s['points']:,} points, {s['dropped_nonfinite']} non-finite dropped, "
             f"{s['outside_grid']:,} outside the grid (binned to border cells)"
         )
