@@ -3,7 +3,8 @@
 Asserts on DVC's own output: the first repro runs every stage (a width-2 teacher, two steps; two
 width-2 students, the PVKD one also on an unlabelled street), the second does nothing, `dvc exp
 run -S distill.affinity_weight=0.5` re-runs only the PVKD student (the baseline's effective config
-does not change), evaluate and report and leaves the teacher cache as it was, and
+does not change), evaluate and report and leaves the teacher cache as it was -- in a fresh clone
+that pulled the teacher and its cache from a local DVC remote and had nothing to re-run -- and
 `dvc exp run -S synth.seed=1` regenerates, reprocesses and retrains.
 """
 
@@ -94,16 +95,26 @@ def test_repro_then_noop_then_experiments(repo):
     assert "Running stage" not in again
     assert "Data and pipelines are up to date" in sh("dvc", "status", cwd=repo)
 
+    # the teacher and its cache travel through a DVC remote: a fresh clone pulls them and has nothing to re-run
+    sh("dvc", "remote", "add", "-d", "store", str(repo.parent / "remote"), cwd=repo)
     sh("git", "add", "-A", cwd=repo)
     sh("git", "commit", "-qm", "lock", cwd=repo)
+    sh("dvc", "push", cwd=repo)
+    clone = repo.parent / "clone"
+    sh("git", "clone", "-q", str(repo), str(clone), cwd=repo.parent)
+    sh("dvc", "pull", cwd=clone)
+    assert "Data and pipelines are up to date" in sh("dvc", "status", cwd=clone)
     cache = tree_digest(repo / "data/teacher_cache")
-    exp = sh("dvc", "exp", "run", "-S", "distill.affinity_weight=0.5", cwd=repo)
+    assert tree_digest(clone / "data/teacher_cache") == cache and cache
+    assert (clone / "models/teacher.pt").read_bytes() == (repo / "models/teacher.pt").read_bytes()
+
+    exp = sh("dvc", "exp", "run", "-S", "distill.affinity_weight=0.5", cwd=clone)
     ran = {stage for stage in STAGES if f"Running stage '{stage}'" in exp}
     # the baseline sets affinity_weight 0 itself: its effective config, and so its model, stay
     assert ran == {"student-config@pvkd", "student-config@baseline", "distill@pvkd", "evaluate", "report"}, exp
     assert "Stage 'distill@baseline' didn't change, skipping" in exp
     assert "Stage 'cache-logits' didn't change, skipping" in exp
-    assert tree_digest(repo / "data/teacher_cache") == cache
+    assert tree_digest(clone / "data/teacher_cache") == cache
 
     exp = sh("dvc", "exp", "run", "-S", "synth.seed=1", cwd=repo)
     assert all(f"Running stage '{stage}'" in exp for stage in ("synth", "preprocess", "teacher-train"))
