@@ -20,6 +20,9 @@ def main(
     out: Path = typer.Option(Path("report"), help="Report folder to write (replaced whole)."),
     experiments: bool = typer.Option(False, "--experiments", help="Add the table of `dvc exp show --json` "
                                      "(run in the current folder): each experiment's changed params and mIoU."),
+    studies: list[Path] = typer.Option(None, "--studies", help="Committed seed study results (bench/results/*.json "
+                                       "of distill_seeds.py or label_budget.py) for the section \"How sure\"; "
+                                       "repeat for several; default: the params' report.seed_studies."),
 ) -> None:
     """Write the report: OUT/report.html (self-contained) and OUT/report.md (with its PNG figures beside it).
 
@@ -28,16 +31,21 @@ def main(
     that each distilled student recovers), per-class IoU, mIoU by distance, accuracy against
     cost, training curves, a bird's-eye view of one val scan (ground truth, teacher, the PVKD
     student, who is right where), the class frequencies of the data, the experiment table
-    (--experiments) and params.yaml. A model missing from some input is left out of that part
-    with a note; a missing metrics file is an error.
+    (--experiments) and params.yaml. With seed studies (--studies, or report.seed_studies in the
+    params), a section "How sure" after the headline: each student's mIoU over seeds and whether
+    its gain over the baseline leaves the seed noise. A model missing from some input is left
+    out of that part with a note, as is a study file that is missing; a missing metrics file is
+    an error.
     """
     from pvkd.params import load_params
     from pvkd.report import build_report, run_exp_show
 
     settings = load_params(params).get("report") or {}
+    listed = settings.get("seed_studies", []) or []
     exp_show = run_exp_show(Path.cwd()) if experiments else None
     report = build_report(metrics, eval_dir, data, live, out, params_path=params, exp_show=exp_show,
-                          title=settings.get("title"))
+                          title=settings.get("title"),
+                          seed_studies=studies or ([listed] if isinstance(listed, str) else listed))
     for note in report.notes:
         console.print(f"[yellow]note:[/yellow] {note}", highlight=False)
     console.print(f"{report.html}, {report.markdown}: {len(report.figures)} figures", highlight=False)

@@ -33,7 +33,7 @@ def sh(*args, cwd):
 
 @pytest.fixture
 def repo(tmp_path):
-    for name in ("dvc.yaml", ".dvcignore", "pvkd", "stages"):
+    for name in ("dvc.yaml", ".dvcignore", "pvkd", "stages", "bench/results"):  # the report reads the studies
         src = ROOT / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
     (tmp_path / ".dvc").mkdir()

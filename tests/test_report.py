@@ -199,10 +199,10 @@ def test_run_exp_show_runs_dvc_and_reports_failure(monkeypatch, tmp_path):
         calls.append((cmd, kw["cwd"]))
         return subprocess.CompletedProcess(cmd, 0, stdout=EXP_SHOW_JSON, stderr="")
 
-    monkeypatch.setattr(rp.subprocess, "run", fake_run)
+    monkeypatch.setattr(rp.experiments.subprocess, "run", fake_run)
     assert rp.run_exp_show(tmp_path) == json.loads(EXP_SHOW_JSON)
     assert calls == [(["dvc", "exp", "show", "--json"], tmp_path)]
-    monkeypatch.setattr(rp.subprocess, "run",
+    monkeypatch.setattr(rp.experiments.subprocess, "run",
                         lambda cmd, **kw: subprocess.CompletedProcess(cmd, 255, "", "ERROR: not a DVC repository"))
     with pytest.raises(PvkdError, match="not a DVC repository"):
         rp.run_exp_show(tmp_path)
@@ -336,7 +336,7 @@ def cli_args(paths: dict) -> list[str]:
 
 def test_command_writes_both_files_and_experiments(tmp_path, monkeypatch):
     paths = write_inputs(tmp_path)
-    monkeypatch.setattr(rp.subprocess, "run",
+    monkeypatch.setattr(rp.experiments.subprocess, "run",
                         lambda cmd, **kw: subprocess.CompletedProcess(cmd, 0, stdout=EXP_SHOW_JSON, stderr=""))
     result = runner.invoke(app, cli_args(paths) + ["--experiments"])
     assert result.exit_code == 0, result.output
