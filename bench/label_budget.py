@@ -86,8 +86,8 @@ def budget_params(base: dict, streets: int, raw: Path) -> dict:
     return p
 
 
-def prepare(folder: Path, params: dict, teacher_steps: int,
-            need_teacher: bool = True) -> tuple[Path, Path, Path, int, float | None]:
+def prepare(folder: Path, params: dict, teacher_steps: int, need_teacher: bool = True,
+            threads: int = 0) -> tuple[Path, Path, Path, int, float | None]:
     """Preprocess, teacher and cache of one budget (each reused when already there; no teacher or cache
     when only the baseline, which never reads them, is asked for). Teachers of different lengths sit
     side by side in ``teacher-<steps>/``, with the students distilled from them."""
@@ -103,7 +103,9 @@ def prepare(folder: Path, params: dict, teacher_steps: int,
         return data, teacher, cache, labelled, None
     if not teacher.is_file():
         p = copy.deepcopy(params)
-        p["teacher"]["train"] = {**(p["teacher"].get("train") or {}), "epochs": max(1, round(teacher_steps / labelled))}
+        # threads: a teacher may train beside other runs (torch's threads spin when the cores are oversubscribed)
+        p["teacher"]["train"] = {**(p["teacher"].get("train") or {}), "threads": threads,
+                                 "epochs": max(1, round(teacher_steps / labelled))}
         teachers.mkdir(exist_ok=True)
         (teachers / "teacher_params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
         print(f"{folder.name}: teacher on {labelled} labelled scans, {p['teacher']['train']['epochs']} epochs",
@@ -161,6 +163,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--students", nargs="+", default=list(STUDENTS), choices=STUDENTS)
     parser.add_argument("--parallel", type=int, default=2, help="student runs at once (one CPU thread each on the CPU)")
+    parser.add_argument("--teacher-threads", type=int, default=0, help="CPU threads of the teacher; 0 = all cores")
     parser.add_argument("--work", default="bench/work/label_budget")
     parser.add_argument("--out", default="bench/results/label_budget_cpu.json")
     args = parser.parse_args()
@@ -187,7 +190,8 @@ def main() -> None:
         params = budget_params(base, streets, raw.resolve())
         folder = work / f"streets-{streets}"
         need_teacher = args.students != ["baseline"]
-        data, teacher, cache, labelled, teacher_miou = prepare(folder, params, args.teacher_steps, need_teacher)
+        data, teacher, cache, labelled, teacher_miou = prepare(folder, params, args.teacher_steps, need_teacher,
+                                                               args.teacher_threads)
         entry = budgets.setdefault(str(streets), {"runs": []})
         entry.update(labelled_scans=labelled, unlabelled_streets=8 - streets)
         if teacher_miou is not None:

@@ -425,3 +425,21 @@ def test_labels_of_models_with_the_same_cost_are_stacked_apart():
     assert len(ax.texts) == 4
     assert min(b - a for a, b in zip(heights, heights[1:])) > 5  # pixels: no two labels on one line
     plt.close(fig)
+
+
+def test_the_data_section_leaves_unlabelled_splits_out_of_the_class_shares(tmp_path):
+    from pvkd.report.blocks import Columns
+    from pvkd.report.sections import section_data
+
+    from report_fixtures import stats_table
+
+    stats = stats_table({"train": 1000, "unlabelled": 0})
+    stats.loc[(stats.split == "unlabelled") & (stats.class_id == 0), "points"] = 700  # every label 0
+    stats.to_parquet(tmp_path / "stats.parquet", index=False)
+    (tmp_path / "meta.json").write_text(json.dumps({"dataset": "semantickitti", "splits": {
+        "train": {"labelled": True, "scans": 4, "points": 1000},
+        "unlabelled": {"labelled": False, "scans": 7, "points": 4200}}}))
+    section = section_data(tmp_path)
+    assert "unlabelled (unlabelled): 7 scans" in section.blocks[0]
+    table = next(b for b in section.blocks if isinstance(b, Columns)).blocks[0]
+    assert table.header == ["class", "train (%)", "SemanticKITTI train (%)"]

@@ -193,8 +193,11 @@ def section_data(data_dir: Path) -> Section:
         return section
     meta = read_meta(data_dir)
     splits = meta.get("splits") if isinstance(meta.get("splits"), dict) else {}
-    parts = [f"{s}: {v.get('scans', '?'):,} scans, {v.get('points', 0):,} points" for s, v in splits.items()
-             if isinstance(v, dict)]
+    parts = [f"{s}{'' if v.get('labelled', True) else ' (unlabelled)'}: {v.get('scans', '?'):,} scans, "
+             f"{v.get('points', 0):,} points" for s, v in splits.items() if isinstance(v, dict)]
+    # an unlabelled split has only label 0: no class shares to show
+    unlabelled = [s for s, v in splits.items() if isinstance(v, dict) and not v.get("labelled", True)]
+    shares = shares.drop(columns=[s for s in unlabelled if s in shares.columns])
     intro = f"Dataset {meta['dataset']}" if meta.get("dataset") else "The processed data"
     section.blocks.append(intro + ("; " + "; ".join(parts) if parts else "") +
                           ". Share of each split's points per class (the grid's border cells included).")
