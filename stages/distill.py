@@ -12,8 +12,9 @@ from pvkd.errors import ParamsError
 from pvkd.params import load_params
 
 
-def student_sections(params: dict, name: str, where: Path) -> tuple[dict, dict, dict]:
-    """``(model, distill, train)`` of student ``name``: its own ``distill:`` / ``train:`` merged over the sections."""
+def effective_config(params: dict, name: str, where: Path) -> dict:
+    """Everything ``pvkd distill --student name`` computes with: its model, its own ``distill:`` / ``train:``
+    merged over the sections, and the grid section (a student of the other grid kind takes its grid there)."""
     from pvkd.train.config import merge_sections
 
     students = params.get("students") or {}
@@ -29,16 +30,9 @@ def student_sections(params: dict, name: str, where: Path) -> tuple[dict, dict, 
     for section in ("distill", "train"):
         if section not in params:
             raise ParamsError(f"{where}: needs a {section} section")
-    return (dict(student["model"]), merge_sections(params["distill"], student.get("distill")),
-            merge_sections(params["train"], student.get("train")))
-
-
-def effective_config(params: dict, name: str, where: Path) -> dict:
-    """Everything ``pvkd distill --student name`` computes with: its model, its merged distill and train
-    sections, and the grid section (a student of the other grid kind takes its grid from there)."""
-    model, distill_section, train_section = student_sections(params, name, where)
-    return {"student": name, "model": model, "distill": distill_section, "train": train_section,
-            "grid": params.get("grid")}
+    return {"student": name, "model": dict(student["model"]),
+            "distill": merge_sections(params["distill"], student.get("distill")),
+            "train": merge_sections(params["train"], student.get("train")), "grid": params.get("grid")}
 
 
 def config_main(

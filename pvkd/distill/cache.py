@@ -347,9 +347,10 @@ def make_cache(
     from pvkd.train.data import ScanDataset, make_loader
 
     out, data = Path(out), ProcessedData(data_root)
-    missing = [split for split in cfg.splits if split not in set(data.index["split"])]
+    present = set(data.index["split"])
+    missing = [split for split in cfg.splits if split not in present]
     if missing:
-        raise DataError(f"cache.splits {missing}: not in {data.root} (its splits: {sorted(set(data.index['split']))}); "
+        raise DataError(f"cache.splits {missing}: not in {data.root} (its splits: {sorted(present)}); "
                         "add them to preprocess.splits and data.splits, or remove them from cache.splits")
     model, record = load_model(teacher_path, device)
     if record["shards_hash"] != data.meta["shards_hash"]:

@@ -205,14 +205,15 @@ class PVKDLoss(nn.Module):
         teacher = self.teacher_targets(batch)
         extra = {}
         if self.cfg.uses_unlabelled:
-            extra = self.unlabelled_terms(output, teacher, unlabelled)
+            top_logp, top = teacher.logp.max(dim=1)
+            extra = self.unlabelled_terms(output, teacher, top_logp, top, unlabelled)
             # the teacher's top class stands in for the missing labels (supervoxel rarity, KL class weights)
-            labels = torch.where(unlabelled, teacher.logp.argmax(dim=1), labels)
+            labels = torch.where(unlabelled, top, labels)
         extra |= self.distillation_terms(output, teacher, batch, labels)
         return loss + sum(extra.values()), {**terms, **extra}
 
-    def unlabelled_terms(self, output: SegOutput, teacher: TeacherTargets,
-                         unlabelled: torch.Tensor) -> dict[str, torch.Tensor]:
+    def unlabelled_terms(self, output: SegOutput, teacher: TeacherTargets, top_logp: torch.Tensor,
+                         top: torch.Tensor, unlabelled: torch.Tensor) -> dict[str, torch.Tensor]:
         """The segmentation loss on the points of unlabelled scans, against the teacher (``distill.unlabelled``).
 
         hard: the teacher's top class as the label where its probability reaches ``threshold``
@@ -221,9 +222,9 @@ class PVKDLoss(nn.Module):
         distribution itself, as KL(teacher || student) on the points and on the voxels of unlabelled
         scans at T = 1, each row weighed by the CE class weight of the teacher's top class (a
         class-weighted soft cross-entropy). 0, attached, on a batch without unlabelled points.
+        ``top_logp``, ``top`` (N,): the teacher's top class and its log-probability per point.
         """
         un, seg = self.cfg.unlabelled, self.segmentation
-        top_logp, top = teacher.logp.max(dim=1)
         if un.target == "hard":
             confident = unlabelled & (top_logp >= math.log(max(un.threshold, 1e-12)))
             total, _ = seg(output, torch.where(confident, top, torch.full_like(top, IGNORE)))
