@@ -7,7 +7,18 @@ from rich.markup import escape
 
 from pvkd.console import console
 from pvkd.errors import PvkdError
-from pvkd.stages import cache_logits, distill, evaluate, model_info, predict, preprocess, report, synth, teacher_train
+from pvkd.stages import (
+    cache_logits,
+    distill,
+    evaluate,
+    model_info,
+    objects,
+    predict,
+    preprocess,
+    report,
+    synth,
+    teacher_train,
+)
 
 app = typer.Typer(
     help="Point-to-Voxel Knowledge Distillation for LiDAR segmentation: the stages of the DVC pipeline.",
@@ -18,6 +29,7 @@ app = typer.Typer(
 # each command's help is its stage function's docstring; the first line is the summary in `pvkd --help`
 app.command("synth")(synth.main)
 app.command("preprocess")(preprocess.main)
+app.command("objects")(objects.main)
 app.command("model-info")(model_info.main)
 app.command("teacher-train")(teacher_train.main)
 app.command("cache-logits")(cache_logits.main)

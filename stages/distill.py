@@ -68,6 +68,8 @@ def main(
     out: Path = typer.Option(None, help="Model record to write; default models/<student>.pt."),
     live: Path = typer.Option(None, help="dvclive folder; default dvclive/<student>."),
     checkpoints: Path = typer.Option(None, help="Resumable state; default checkpoints/<student>."),
+    objects: Path = typer.Option(Path("data/objects.parquet"), help="Object bank (`pvkd objects`); read only "
+                                 "when train.augment.paste or polarmix.copies is on."),
 ) -> None:
     """Train one student with Point-to-Voxel Knowledge Distillation from the teacher.
 
@@ -86,6 +88,7 @@ def main(
 
     from pvkd.distill.cache import TeacherCache, file_sha256
     from pvkd.distill.objective import DistillConfig, PVKDLoss, cached_targets, online_targets, train_rarity
+    from pvkd.objects import bank_for
     from pvkd.shards import ProcessedData
     from pvkd.stages.teacher_train import fit_and_export
     from pvkd.train import distributed
@@ -106,7 +109,8 @@ def main(
     processes = distributed.local_processes(cfg)
     if processes > 1 and not distributed.under_torchrun():
         argv = ["distill", "--student", student, "--params", str(params), "--data", str(data), "--cache", str(cache),
-                "--teacher", str(teacher), "--out", str(out), "--live", str(live), "--checkpoints", str(checkpoints)]
+                "--teacher", str(teacher), "--out", str(out), "--live", str(live), "--checkpoints", str(checkpoints),
+                "--objects", str(objects)]
         console.print(f"distill {student}: {processes} processes under torchrun")
         raise typer.Exit(subprocess.call(distributed.torchrun_command(processes, argv)))
 
@@ -139,7 +143,8 @@ def main(
                 raise ParamsError(f"{teacher}: trained on other shards than {data}; run `dvc repro teacher-train`")
             targets, source = online_targets(teacher_model), f"online teacher {teacher}"
         loss = PVKDLoss(dcfg, segmentation, rarity, model.grid.size, targets).to(device)
-        train_set = ScanDataset(data, train_splits, cfg.augment, cfg.seed, extras=extras, unlabelled=unlabelled)
+        train_set = ScanDataset(data, train_splits, cfg.augment, cfg.seed, extras=extras, unlabelled=unlabelled,
+                                bank=bank_for(cfg.augment, objects, processed))
         trainer = Trainer(
             model, loss.on_batch, train_set, ScanDataset(data, "val"),
             cfg, info, dist=dist, device=device, checkpoint_dir=checkpoints, live_dir=live, description=student,

@@ -21,6 +21,8 @@ def main(
     live: Path = typer.Option(Path("dvclive/teacher"), help="dvclive folder: metrics.json and plots/ of the run."),
     checkpoints: Path = typer.Option(Path("checkpoints/teacher"), help="Resumable state (last.pt, best.pt); a "
                                      "rerun of an unfinished run with the same config resumes from it."),
+    objects: Path = typer.Option(Path("data/objects.parquet"), help="Object bank (`pvkd objects`); read only "
+                                 "when train.augment.paste or polarmix.copies is on."),
 ) -> None:
     """Train the teacher network (teacher.model) with the train recipe (train, teacher.train over it).
 
@@ -33,6 +35,7 @@ def main(
     """
     import torch
 
+    from pvkd.objects import bank_for
     from pvkd.shards import ProcessedData
     from pvkd.train import distributed
     from pvkd.train.checkpoint import model_for_data
@@ -50,7 +53,7 @@ def main(
     processes = distributed.local_processes(cfg)
     if processes > 1 and not distributed.under_torchrun():
         argv = ["teacher-train", "--params", str(params), "--data", str(data), "--out", str(out),
-                "--live", str(live), "--checkpoints", str(checkpoints)]
+                "--live", str(live), "--checkpoints", str(checkpoints), "--objects", str(objects)]
         console.print(f"teacher-train: {processes} processes under torchrun")
         raise typer.Exit(subprocess.call(distributed.torchrun_command(processes, argv)))
 
@@ -62,7 +65,8 @@ def main(
         loss = SegmentationLoss.for_data(cfg.loss, processed).to(device)
         trainer = Trainer(
             model, loss.on_batch,
-            ScanDataset(data, "train", cfg.augment, cfg.seed), ScanDataset(data, "val"),
+            ScanDataset(data, "train", cfg.augment, cfg.seed, bank=bank_for(cfg.augment, objects, processed)),
+            ScanDataset(data, "val"),
             cfg, info, dist=dist, device=device, checkpoint_dir=checkpoints, live_dir=live, description="teacher",
         )
         if dist.is_main:

@@ -1,7 +1,8 @@
 """`dvc repro` end to end on a tiny profile, in a throw-away git repository.
 
 Asserts on DVC's own output: the first repro runs every stage (a width-2 teacher, two steps; two
-width-2 students, the PVKD one also on an unlabelled street), the second does nothing, `dvc exp
+width-2 students, the PVKD one also on an unlabelled street; instance paste, PolarMix and LaserMix
+on every scan), the second does nothing, `dvc exp
 run -S distill.affinity_weight=0.5` re-runs only the PVKD student (the baseline's effective config
 does not change), evaluate and report and leaves the teacher cache as it was -- in a fresh clone
 that pulled the teacher and its cache from a local DVC remote and had nothing to re-run -- and
@@ -19,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
@@ -59,6 +61,10 @@ def repo(tmp_path):
                                  "unlabelled": {"weight": 0.0}}},
     }
     params["evaluate"].update(cost_scans=1, latency_runs=1, batch_size=1)
+    # every mixing transform on: the teacher and the students train on pasted and mixed scans (cache rows follow)
+    params["objects"]["classes"] = ["car", "person"]
+    for name in ("paste", "polarmix", "lasermix"):
+        params["train"]["augment"][name]["probability"] = 1.0
     params["train"].update(batch_size=1, val_every=0, checkpoint_every=0, workers=0, threads=1, processes=1,
                            device="cpu")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -69,8 +75,8 @@ def repo(tmp_path):
     return tmp_path
 
 
-STAGES = ("synth", "preprocess", "teacher-train", "cache-logits", "student-config@pvkd", "student-config@baseline",
-          "distill@pvkd", "distill@baseline", "evaluate", "report")
+STAGES = ("synth", "preprocess", "objects", "teacher-train", "cache-logits", "student-config@pvkd",
+          "student-config@baseline", "distill@pvkd", "distill@baseline", "evaluate", "report")
 
 
 def tree_digest(folder: Path) -> dict[str, str]:
@@ -93,6 +99,7 @@ def test_repro_then_noop_then_experiments(repo):
     assert "dvclive/teacher/metrics.json" in shown and "metrics/evaluate.json" in shown
     assert list(json.loads((repo / "metrics/evaluate.json").read_text())) == ["teacher", "pvkd", "baseline"]
     assert (repo / "report/report.html").is_file()
+    assert pq.read_metadata(repo / "data/objects.parquet").num_rows > 0  # so paste had objects to paste
 
     again = sh("dvc", "repro", cwd=repo)
     assert "Running stage" not in again

@@ -8,12 +8,11 @@ import torch
 
 from pvkd.shards import ProcessedData
 from pvkd.train.augment import augment, random_transform
-from pvkd.train.config import AugmentConfig
 from pvkd.train.data import RunBatchSampler, ScanDataset, collate, make_loader, split_batches
 
-from train_fixtures import make_processed
+from train_fixtures import augment_config, make_processed
 
-AUG = AugmentConfig(rotation_deg=45.0, flip_x=True, flip_y=True, scale=(0.95, 1.05), translate_std=0.1)
+AUG = augment_config(rotation_deg=45.0, flip_x=True, flip_y=True, scale=[0.95, 1.05], translate_std=0.1)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +40,7 @@ def test_transform_is_a_scaled_rotation_or_reflection_about_z():
 
 
 def test_switched_off_augmentation_is_the_identity():
-    off = AugmentConfig(rotation_deg=0.0, flip_x=False, flip_y=False, scale=(1.0, 1.0), translate_std=0.0)
+    off = augment_config(rotation_deg=0.0, flip_x=False, flip_y=False, scale=[1.0, 1.0], translate_std=0.0)
     xyz = np.random.default_rng(0).normal(size=(50, 3)).astype(np.float32)
     assert np.allclose(augment(xyz, off, np.random.default_rng(1)), xyz)
 

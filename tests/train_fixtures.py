@@ -13,7 +13,7 @@ from pvkd.grid import Grid
 from pvkd.preprocess import preprocess
 from pvkd.shards import ProcessedData
 from pvkd.train.checkpoint import model_for_data, model_record, save_atomic
-from pvkd.train.config import TrainConfig, merge_sections
+from pvkd.train.config import AugmentConfig, TrainConfig, merge_sections
 from pvkd.train.data import ScanDataset
 from pvkd.train.distributed import DistInfo, seed_everything
 from pvkd.train.engine import Trainer
@@ -52,6 +52,12 @@ def tiny_config(**overrides) -> TrainConfig:
     tiny = dict(epochs=3, batch_size=2, lr=0.03, val_batch_size=2, val_every=3, checkpoint_every=2, log_every=1,
                 workers=0, threads=1, device="cpu", processes=1, amp="off", warmup_fraction=0.2)
     return TrainConfig.from_dict(merge_sections(params["train"], {**tiny, **overrides}))
+
+
+def augment_config(**overrides) -> AugmentConfig:
+    """The project's train.augment section (every mixing transform off) with ``overrides`` merged in."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    return AugmentConfig.from_dict(merge_sections(params["train"]["augment"], overrides), "train.augment")
 
 
 def make_trainer(processed: Path, cfg: TrainConfig, dist: DistInfo = DistInfo(), **options) -> Trainer:

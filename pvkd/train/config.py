@@ -24,14 +24,81 @@ RUNTIME_KEYS = ("workers", "threads", "log_every", "val_batch_size", "processes"
 
 
 @dataclass(frozen=True)
+class PasteConfig:
+    """Instance paste from the object bank (see :mod:`pvkd.train.mix`)."""
+
+    probability: float  # share of (labelled) scans that get objects pasted
+    count: int  # objects drawn per such scan (a class uniformly, then one of its objects)
+    ground_classes: tuple[str, ...]  # classes an object may stand on
+    radius: float  # metres: ground points this close to the object's new centre set its height
+
+
+@dataclass(frozen=True)
+class PolarMixConfig:
+    """PolarMix with a partner scan of the same kind (see :mod:`pvkd.train.mix`)."""
+
+    probability: float
+    swap_deg: float  # azimuth sector taken from the partner (PolarMix: 180)
+    copies: int  # turned copies of the partner's objects (objects.classes) added; 0 = none
+
+
+@dataclass(frozen=True)
+class LaserMixConfig:
+    """LaserMix with a partner scan of the same kind (see :mod:`pvkd.train.mix`)."""
+
+    probability: float
+    bands: tuple[int, ...]  # inclination bands, one count drawn per mix (LaserMix: 2 to 6)
+
+
+@dataclass(frozen=True)
 class AugmentConfig:
-    """Cylinder3D's training augmentation (see :mod:`pvkd.train.augment`)."""
+    """Cylinder3D's training augmentation (see :mod:`pvkd.train.augment`) and the mixing ones."""
 
     rotation_deg: float  # uniform rotation about z within +-rotation_deg
     flip_x: bool  # negate x with probability 1/2
     flip_y: bool  # negate y with probability 1/2
     scale: tuple[float, float]  # one uniform factor for x and y
     translate_std: float  # N(0, std) metres added to x, y and z (one offset per scan)
+    paste: PasteConfig
+    polarmix: PolarMixConfig
+    lasermix: LaserMixConfig
+
+    @classmethod
+    def from_dict(cls, section: dict[str, Any], where: str) -> AugmentConfig:
+        values = section_fields(cls, section, where)
+        values["scale"] = tuple(float(s) for s in values["scale"])
+        paste = section_fields(PasteConfig, values["paste"], f"{where}.paste")
+        values["paste"] = PasteConfig(**{**paste, "ground_classes": tuple(paste["ground_classes"])})
+        values["polarmix"] = PolarMixConfig(**section_fields(PolarMixConfig, values["polarmix"], f"{where}.polarmix"))
+        laser = section_fields(LaserMixConfig, values["lasermix"], f"{where}.lasermix")
+        values["lasermix"] = LaserMixConfig(**{**laser, "bands": tuple(int(b) for b in laser["bands"])})
+        return cls(**values)
+
+    @property
+    def mixes(self) -> bool:
+        """Whether any mixing augmentation is on."""
+        return any(m.probability > 0 for m in (self.paste, self.polarmix, self.lasermix))
+
+    @property
+    def needs_bank(self) -> bool:
+        """Whether a transform that is on takes objects (the bank's, or its classes for PolarMix's copies)."""
+        return self.paste.probability > 0 or (self.polarmix.probability > 0 and self.polarmix.copies > 0)
+
+    def problems(self) -> list[str]:
+        found = []
+        lo, hi = self.scale
+        if not 0 < lo <= hi:
+            found.append("augment.scale must be [low, high] with 0 < low <= high")
+        for name in ("paste", "polarmix", "lasermix"):
+            if not 0 <= getattr(self, name).probability <= 1:
+                found.append(f"augment.{name}.probability must be in [0, 1]")
+        if self.paste.count < 1 or self.paste.radius <= 0:
+            found.append("augment.paste: count must be >= 1 and radius > 0")
+        if not 0 < self.polarmix.swap_deg <= 360 or self.polarmix.copies < 0:
+            found.append("augment.polarmix: swap_deg must be in (0, 360] and copies >= 0")
+        if not self.lasermix.bands or min(self.lasermix.bands) < 1:
+            found.append("augment.lasermix.bands must list band counts >= 1")
+        return found
 
 
 @dataclass(frozen=True)
@@ -72,9 +139,7 @@ class TrainConfig:
     def from_dict(cls, section: dict[str, Any], where: str = "train") -> TrainConfig:
         values = section_fields(cls, section, where)
         values["loss"] = LossConfig(**section_fields(LossConfig, section["loss"], f"{where}.loss"))
-        augment = section_fields(AugmentConfig, section["augment"], f"{where}.augment")
-        augment["scale"] = tuple(float(s) for s in augment["scale"])
-        values["augment"] = AugmentConfig(**augment)
+        values["augment"] = AugmentConfig.from_dict(section["augment"], f"{where}.augment")
         cfg = cls(**values)
         cfg.validate(where)
         return cfg
@@ -99,9 +164,7 @@ class TrainConfig:
             problems.append("processes must be auto or an integer >= 1")
         if not 0 <= self.warmup_fraction < 1:
             problems.append("warmup_fraction must be in [0, 1)")
-        lo, hi = self.augment.scale
-        if not 0 < lo <= hi:
-            problems.append("augment.scale must be [low, high] with 0 < low <= high")
+        problems += self.augment.problems()
         if problems:
             raise ParamsError(f"{where}: " + "; ".join(problems))
 

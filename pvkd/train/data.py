@@ -1,9 +1,10 @@
 """Scans of the Parquet shards as training batches: dataset, collation, and the samplers of a run.
 
 * :class:`ScanDataset` reads one scan per item (one row group, memory-mapped, only the columns
-  training needs), augments it on the fly, and adds any per-point extras a stage supplies (the
-  teacher cache of the distill stages: same points, same order). Voxelization is left to the
-  model, which bins the augmented points on its own grid.
+  training needs) with any per-point extras a stage supplies (the teacher cache of the distill
+  stages: same points, same order), mixes it with other scans or banked objects if asked
+  (:mod:`.mix`: every point keeps its extras row) and augments it on the fly. Voxelization is
+  left to the model, which bins the augmented points on its own grid.
 * :func:`collate` concatenates scans with a sample index per point: no padding.
 * :class:`RunBatchSampler` lays out every batch of a whole run, step by step, for one process of
   ``world_size``: a run resumed at step ``s`` asks for the batches from ``s`` on and gets exactly
@@ -27,15 +28,18 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from pvkd.errors import DataError
+from pvkd.errors import DataError, ParamsError
 from pvkd.models import PointBatch
+from pvkd.objects import ObjectBank, class_ids
 from pvkd.shards import ProcessedData, read_scan
+from pvkd.train import mix
 from pvkd.train.augment import augment
 from pvkd.train.config import AugmentConfig
 
 COLUMNS = ["x", "y", "z", "intensity", "label"]
+POINT_KEYS = ("xyz", "intensity", "label")  # a loaded scan's own arrays; its other keys are the extras
 # independent random streams derived from the run's seed
-PERMUTATION_STREAM, AUGMENT_STREAM, MIX_STREAM = 0, 1, 2
+PERMUTATION_STREAM, AUGMENT_STREAM, MIX_STREAM, SCAN_MIX_STREAM = 0, 1, 2, 3
 
 # extras(row of index.parquet) -> per-point arrays aligned with the scan's rows
 Extras = Callable[[pd.Series], dict[str, np.ndarray]]
@@ -84,6 +88,12 @@ class ScanDataset(Dataset):
     teacher: their labels are returned as 0 (ignored) whatever the shards hold, so no ground truth
     that happens to be on disk reaches a loss. Empty scans (no point survived preprocessing) are
     left out unless ``keep_empty`` (the cache and submissions need every scan).
+
+    Mixing (``augment.paste``, ``polarmix``, ``lasermix``) draws its partners among the scans of
+    the same kind (labelled with labelled, unlabelled with unlabelled) and pastes only into
+    labelled scans (placement needs their ground labels); ``bank`` holds the objects to paste
+    and names the object classes PolarMix copies. Each decision has its own random stream of
+    (seed, epoch, scan), so turning one transform on leaves the others' draws unchanged.
     """
 
     def __init__(
@@ -95,6 +105,7 @@ class ScanDataset(Dataset):
         extras: Extras | None = None,
         unlabelled: Sequence[str] = (),
         keep_empty: bool = False,
+        bank: ObjectBank | None = None,
     ):
         self.root = Path(root)
         self.splits = [split] if isinstance(split, str) else list(split)
@@ -111,6 +122,26 @@ class ScanDataset(Dataset):
         self.augment = augment
         self.seed = int(seed)
         self.extras = extras
+        if augment is not None and augment.mixes:
+            self._prepare_mixing(augment, data.meta["class_names"], bank)
+
+    def _prepare_mixing(self, cfg: AugmentConfig, class_names: list[str], bank: ObjectBank | None) -> None:
+        if bank is None and cfg.needs_bank:
+            raise ParamsError("train.augment.paste and polarmix.copies need the object bank: run `pvkd objects` "
+                              "(dvc repro objects) and pass it with --objects")
+        self.partners = {kind: np.flatnonzero(self.labelled == kind) for kind in (True, False)}
+        self.ground_ids = class_ids(cfg.paste.ground_classes, class_names, "train.augment.paste.ground_classes")
+        self.object_ids = class_ids(bank.classes, class_names, "objects.classes") if bank is not None else []
+        if bank is not None:  # objects of scans in this dataset, by class
+            position = {scan_id: i for i, scan_id in enumerate(self.rows["scan_id"])}
+            table = bank.table[bank.table["scan_id"].isin(position)]
+            self.bank_positions = table["scan_id"].map(position).to_numpy()
+            self.bank_rows = table["rows"].to_numpy()
+            labels = table["label"].to_numpy()
+            self.bank_by_class = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+            if cfg.paste.probability > 0 and not self.bank_by_class:
+                raise DataError(f"{self.root}: the object bank has no object in split(s) {self.splits}; check "
+                                "objects.classes")
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -119,24 +150,51 @@ class ScanDataset(Dataset):
         """Scans of ``split`` in the dataset (its positions are consecutive, in the order of the splits)."""
         return int((self.rows["split"] == split).sum())
 
-    def __getitem__(self, key: tuple[int, int]) -> dict:
-        epoch, position = key
+    def load(self, position: int) -> mix.Scan:
+        """Scan ``position`` as stored, with its extras: ``xyz``, ``intensity``, ``label`` and the extras' keys."""
         row = self.rows.iloc[position]
         cols = read_scan(self.root / row["shard"], int(row["row_group"]), COLUMNS)
-        xyz = np.stack([cols["x"], cols["y"], cols["z"]], 1)
-        if self.augment is not None:
-            xyz = augment(xyz, self.augment, np.random.default_rng([self.seed, AUGMENT_STREAM, epoch, position]))
-        labelled = bool(self.labelled[position])
-        sample = {
-            "xyz": xyz,
+        scan = {
+            "xyz": np.stack([cols["x"], cols["y"], cols["z"]], 1),
             "intensity": np.array(cols["intensity"], dtype=np.float32),  # a writable copy of the mapped column
-            "label": cols["label"].astype(np.int64) if labelled else np.zeros(len(xyz), np.int64),
-            "labelled": labelled,
-            "position": position,
+            "label": cols["label"].astype(np.int64) if self.labelled[position] else np.zeros(len(cols["x"]), np.int64),
         }
         if self.extras is not None:
-            sample["extras"] = self.extras(row)
+            scan |= self.extras(row)
+        return scan
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        epoch, position = key
+        scan = self.load(position)
+        if self.augment is not None:
+            if self.augment.mixes:
+                scan = self.mixed(scan, epoch, position)
+            rng = np.random.default_rng([self.seed, AUGMENT_STREAM, epoch, position])
+            scan["xyz"] = augment(scan["xyz"], self.augment, rng)
+        sample = {k: scan[k] for k in POINT_KEYS} | {"labelled": bool(self.labelled[position]), "position": position}
+        if self.extras is not None:
+            sample["extras"] = {k: v for k, v in scan.items() if k not in POINT_KEYS}
         return sample
+
+    def mixed(self, scan: mix.Scan, epoch: int, position: int) -> mix.Scan:
+        """The scan after instance paste, PolarMix and LaserMix, each applied with its probability."""
+        cfg, labelled = self.augment, bool(self.labelled[position])
+        rng = [np.random.default_rng([self.seed, SCAN_MIX_STREAM, epoch, position, k]) for k in range(3)]
+        if labelled and rng[0].random() < cfg.paste.probability:
+            scan, _ = mix.paste_objects(scan, self.bank_objects(cfg.paste.count, rng[0]), self.ground_ids,
+                                        cfg.paste.radius, rng[0])
+        if rng[1].random() < cfg.polarmix.probability:
+            partner = self.load(int(rng[1].choice(self.partners[labelled])))
+            scan = mix.polar_mix(scan, partner, cfg.polarmix.swap_deg, cfg.polarmix.copies, self.object_ids, rng[1])
+        if rng[2].random() < cfg.lasermix.probability:
+            partner = self.load(int(rng[2].choice(self.partners[labelled])))
+            scan = mix.laser_mix(scan, partner, cfg.lasermix.bands, rng[2])
+        return scan
+
+    def bank_objects(self, count: int, rng: np.random.Generator) -> list[mix.Scan]:
+        """``count`` banked objects, each of a class drawn uniformly, with all their per-point arrays."""
+        picks = [rng.choice(self.bank_by_class[c]) for c in rng.integers(len(self.bank_by_class), size=count)]
+        return [mix.take(self.load(int(self.bank_positions[i])), self.bank_rows[i].astype(np.int64)) for i in picks]
 
 
 def collate(samples: list[dict]) -> TrainBatch:
