@@ -43,7 +43,7 @@ from pvkd.metrics import HEADS, confusion_matrix, head_logits, predict, scores
 from pvkd.models import PointBatch, SparseSegmentationModel, parameter_counts
 from pvkd.preprocess import band_labels, band_of
 from pvkd.shards import ProcessedData
-from pvkd.train.config import section_fields
+from pvkd.train.config import describe_augment, section_fields
 from pvkd.train.data import ScanDataset, TrainBatch, make_loader, split_batches
 from pvkd.train.distributed import DEVICES
 
@@ -270,6 +270,7 @@ def model_metrics(
         "tta": bool(cfg.tta),
         "val_scans": evaluation.scans,
         "train_splits": list(record.get("train_splits", ["train"])),  # an unlabelled split: semi-supervised
+        "augmentation": describe_augment((record.get("train") or {}).get("augment")),
     }
 
 

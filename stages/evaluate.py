@@ -29,7 +29,8 @@ def main(
     identity, x negated, y negated, rotation of 22.5 deg about z with x-y scale 1.05.
 
     Writes OUT (JSON: {model: {role, description, arch, width, miou, miou_voxel_head, accuracy,
-    iou, miou_by_distance, params_m, macs_g, latency_ms, tta, val_scans, train_splits}}),
+    iou, miou_by_distance, params_m, macs_g, latency_ms, tta, val_scans, train_splits,
+    augmentation}}),
     PLOTS/per_class_iou.csv (model, class, iou), PLOTS/distance_miou.csv (model, band, miou) and
     PLOTS/sample_scan.parquet (val scan evaluate.sample_scan: x, y, z, label, pred_<model>), each
     file whole. A model that trained on val scans (an unlabelled split holding them) is refused:

@@ -39,7 +39,7 @@ NAMES = ("ignored", "a", "b", "c")
 RECORD = {"dataset": "semantickitti", "class_names": list(NAMES), "model": {"arch": "cylinder3d", "width": 4}}
 COST = {"params_m": 1.0, "macs_g": 2.0, "latency_ms": 3.0}
 KEYS = ["role", "description", "arch", "width", "miou", "miou_voxel_head", "accuracy", "iou", "miou_by_distance",
-        "params_m", "macs_g", "latency_ms", "tta", "val_scans", "train_splits"]
+        "params_m", "macs_g", "latency_ms", "tta", "val_scans", "train_splits", "augmentation"]
 
 
 def scan(points: list[tuple]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -170,6 +170,7 @@ def test_evaluate_stage_writes_the_contract(setup, tmp_path):
     assert list(teacher["iou"]) == list(SEMANTICKITTI_CLASSES[1:])
     assert list(teacher["miou_by_distance"]) == ["0-10", "10-20", "20-30", "30-40", "40-50", "50+"]
     assert teacher["val_scans"] == 3 and teacher["tta"] is False
+    assert teacher["augmentation"] == "unknown"  # the fixtures' records carry no train section
     for m in metrics.values():
         assert 0 <= m["miou"] <= 1 and 0 <= m["miou_voxel_head"] <= 1 and 0 <= m["accuracy"] <= 1
         assert m["params_m"] > 0 and m["macs_g"] > 0 and m["latency_ms"] > 0

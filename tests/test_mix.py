@@ -1,5 +1,7 @@
 """The object bank and the mixing augmentations: hand-built scans, and every point's rows following it."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -7,6 +9,7 @@ from pvkd.errors import DataError, ParamsError
 from pvkd.objects import BankConfig, ObjectBank, build_bank, components, scan_objects
 from pvkd.shards import ProcessedData
 from pvkd.train import mix
+from pvkd.train.config import describe_augment
 from pvkd.train.data import ScanDataset
 
 from train_fixtures import augment_config, make_processed
@@ -205,3 +208,11 @@ def test_dataset_mixes_deterministically_and_every_point_keeps_its_rows(processe
     off = ScanDataset(processed, "train", augment_config(rotation_deg=0.0, flip_x=False, flip_y=False,
                                                          scale=[1.0, 1.0], translate_std=0.0))
     assert np.array_equal(off[(1, 0)]["xyz"], ScanDataset(processed, "train")[(1, 0)]["xyz"])
+
+
+def test_models_say_which_augmentations_they_trained_with():
+    default = augment_config()
+    assert describe_augment(dataclasses.asdict(default)) == "affine"
+    on = augment_config(paste={"probability": 0.5}, lasermix={"probability": 1.0})
+    assert describe_augment(dataclasses.asdict(on)) == "affine + instance paste p=0.5 + LaserMix p=1"
+    assert describe_augment(None) == "unknown"  # a record from before the augment section

@@ -70,6 +70,10 @@ def section_headline(metrics: dict[str, dict], studies: Sequence[Study] = ()) ->
     elif teacher is not None:
         section.notes.append(f"the baseline {baseline} is not below the teacher in mIoU: the gap closed is not shown")
     section.blocks.append(explain)
+    augmented = {name: m["augmentation"] for name, m in metrics.items() if m.get("augmentation")}
+    if augmented:
+        section.blocks.append("Training augmentation: " + "; ".join(f"{n}: {a}" for n, a in augmented.items())
+                              + " (affine: Cylinder3D's rotation, flips, scale and translation).")
     if show_gap:
         section.blocks += seed_verdicts(rows, studies)
     if teacher is None:

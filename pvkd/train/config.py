@@ -176,6 +176,18 @@ class TrainConfig:
         return {k: v for k, v in self.as_dict().items() if k not in RUNTIME_KEYS}
 
 
+def describe_augment(augment: dict[str, Any] | None) -> str:
+    """A model record's ``train.augment`` in words: the affine recipe and every mixing transform that was on."""
+    if not augment:
+        return "unknown"
+    words = ["affine"]
+    for name, label in (("paste", "instance paste"), ("polarmix", "PolarMix"), ("lasermix", "LaserMix")):
+        probability = (augment.get(name) or {}).get("probability", 0.0)
+        if probability > 0:
+            words.append(f"{label} p={probability:g}")
+    return " + ".join(words)
+
+
 def section_fields(cls, section: dict[str, Any], where: str) -> dict[str, Any]:
     """``section`` restricted to ``cls``'s fields, every field present, no unknown key."""
     if not isinstance(section, dict):
