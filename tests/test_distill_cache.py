@@ -21,11 +21,12 @@ from pvkd.distill.cache import (
     output_width,
 )
 from pvkd.errors import DataError
+from pvkd.objects import BankConfig, build_bank
 from pvkd.shards import ProcessedData
 from pvkd.train.checkpoint import load_model
 from pvkd.train.data import ScanDataset, collate
 
-from train_fixtures import make_processed, save_teacher
+from train_fixtures import augment_config, make_processed, save_teacher
 
 CPU = torch.device("cpu")
 
@@ -181,3 +182,35 @@ def test_cache_covers_the_unlabelled_split_and_keeps_empty_scans_aligned(tmp_pat
     with torch.no_grad():
         expected = torch.log_softmax(model(batch.points).point_logits, 1)
     assert torch.allclose(cache.decode(batch.extras)["logp"], expected, atol=2e-2)
+
+
+def test_mixed_scans_carry_each_points_own_cached_teacher_row(setup):
+    processed, teacher, root = setup
+    out = root / "for_mixing"
+    make_cache(teacher, processed, out, config(outputs="fp16"), CPU)
+    data = ProcessedData(processed)
+    cache = TeacherCache(out, data, file_sha256(teacher))
+    cached = cache.extras()
+
+    def extras(row):  # the cache's records plus each point's (scan, row), to look its own records up
+        return cached(row) | {"source": data.index.index[data.index["scan_id"] == row["scan_id"]][0] * 100_000
+                              + np.arange(row["num_points"])}
+
+    aug = augment_config(paste={"probability": 1.0, "count": 4, "ground_classes": ["road"], "radius": 5.0},
+                         polarmix={"probability": 1.0}, lasermix={"probability": 1.0})
+    dataset = ScanDataset(processed, "train", aug, seed=3, extras=extras,
+                          bank=build_bank(data, BankConfig(("car",), link=4.0, min_points=5)))
+    sources = 0
+    for position in range(len(dataset)):
+        sample = dataset[(0, position)]
+        scan, rows = np.divmod(sample["extras"].pop("source"), 100_000)
+        for s in np.unique(scan):
+            row = data.index.iloc[s]
+            own = cache.read(row["shard"], int(row["row_group"]))
+            mine = scan == s
+            # the point is the source's (its intensity, untouched by any transform) and so are its records
+            assert np.array_equal(sample["intensity"][mine], data.read(row, ["intensity"])["intensity"][rows[mine]])
+            for name, records in sample["extras"].items():
+                assert np.array_equal(records[mine], own[name.removeprefix("teacher_")][rows[mine]])
+        sources += len(np.unique(scan))
+    assert sources > 2 * len(dataset)  # the scans were mixed: points came from several scans each
