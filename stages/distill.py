@@ -86,6 +86,8 @@ def main(
     train.processes > 1, resumes after an interruption, curves in dvclive.
     """
 
+    import torch
+
     from pvkd.distill.cache import TeacherCache, file_sha256
     from pvkd.distill.objective import DistillConfig, PVKDLoss, cached_targets, online_targets, train_rarity
     from pvkd.objects import bank_for
@@ -159,7 +161,7 @@ def main(
                 f"{sum(q.numel() for q in model.parameters()) / 1e6:.2f} M parameters, grid "
                 f"{'x'.join(map(str, model.grid.size))}; weights point {dcfg.point_weight}, voxel {dcfg.voxel_weight}, "
                 f"affinity {dcfg.affinity_weight} {list(dcfg.affinity_terms)}; teacher: {source}; {scans}; "
-                f"{dist.world_size} process(es) on {device}"
+                f"{dist.world_size} process(es) on {device}, {torch.get_num_threads()} threads each"
             )
         fit_and_export(trainer, cfg, out)
     finally:

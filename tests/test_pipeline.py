@@ -7,8 +7,9 @@ run -S distill.affinity_weight=0.5` re-runs only the PVKD student (the baseline'
 does not change), evaluate and report and leaves the teacher cache as it was -- in a fresh clone
 that pulled the teacher and its cache from a local DVC remote and had nothing to re-run -- and
 `dvc exp run -S synth.seed=1` regenerates, reprocesses and retrains. Two experiments run at once
-through DVC's queue (`dvc queue start -j 2`) train the same students, byte for byte, as the same
-experiments run one after the other.
+through DVC's queue (`OMP_NUM_THREADS=1 dvc queue start -j 2`) train the same students, byte for
+byte, as the same experiments run one after the other in another clone (each clone pulls the
+teacher and cache but not DVC's run-cache, which would otherwise restore the students untrained).
 """
 
 import hashlib
@@ -139,34 +140,52 @@ def exp_file(repo: Path, name: str, path: str) -> str:
 
 
 def trained_student(repo: Path, name: str) -> tuple[str, dict]:
-    """The PVKD student's model hash in the experiment's dvc.lock and its final training losses."""
+    """The PVKD student's model hash in the experiment's dvc.lock and its final training losses and grad norm."""
     lock = yaml.safe_load(exp_file(repo, name, "dvc.lock"))
     outs = lock["stages"]["distill@pvkd"]["outs"]
     model = next(o["md5"] for o in outs if o["path"] == "models/pvkd.pt")
-    return model, json.loads(exp_file(repo, name, "dvclive/pvkd/metrics.json"))["train"]
+    train = json.loads(exp_file(repo, name, "dvclive/pvkd/metrics.json"))["train"]
+    return model, {k: v for k, v in train.items() if k not in ("scans_per_s", "data_wait_share")}  # not timings
 
 
-def test_queued_students_in_parallel_match_sequential_runs(repo):
+def test_queued_students_in_parallel_match_sequential_runs(repo, monkeypatch):
+    # threads from the environment, as the README starts queue workers: train.threads 0 reads OMP_NUM_THREADS
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["train"]["threads"] = 0
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh("dvc", "repro", cwd=repo)
+    sh("dvc", "remote", "add", "-d", "store", str(repo.parent / "remote"), cwd=repo)
     sh("git", "add", "-A", cwd=repo)
     sh("git", "commit", "-qm", "lock", cwd=repo)
+    sh("dvc", "push", cwd=repo)
+    # two clones that pull the teacher and cache but not DVC's run-cache: neither can restore the other's students
+    clones = {}
+    for kind in ("sequential", "queued"):
+        clones[kind] = repo.parent / kind
+        sh("git", "clone", "-q", str(repo), str(clones[kind]), cwd=repo.parent)
+        sh("dvc", "pull", cwd=clones[kind])
     settings = {"t2": "distill.temperature=2", "v1": "distill.voxel_weight=1.0"}
     for name, setting in settings.items():
-        sh("dvc", "exp", "run", "--temp", "-n", f"seq-{name}", "-S", setting, cwd=repo)
+        sh("dvc", "exp", "run", "--temp", "-n", name, "-S", setting, cwd=clones["sequential"])
+    queued = clones["queued"]
     for name, setting in settings.items():
-        sh("dvc", "exp", "run", "--queue", "-n", f"par-{name}", "-S", setting, cwd=repo)
-    assert "Started '2' new experiments task queue workers" in sh("dvc", "queue", "start", "-j", "2", cwd=repo)
+        sh("dvc", "exp", "run", "--queue", "-n", name, "-S", setting, cwd=queued)
+    assert "Started '2' new experiments task queue workers" in sh("dvc", "queue", "start", "-j", "2", cwd=queued)
     deadline = time.monotonic() + 900  # a stuck worker fails the test instead of hanging CI
     while True:
-        status = sh("dvc", "queue", "status", cwd=repo)
+        status = sh("dvc", "queue", "status", cwd=queued)
         if "Queued" not in status and "Running" not in status:
             break
         if time.monotonic() > deadline:
-            sh("dvc", "queue", "kill", "par-t2", "par-v1", cwd=repo)
-            pytest.fail(f"the queue did not finish:\n{status}\n{sh('dvc', 'queue', 'logs', 'par-t2', cwd=repo)}")
+            sh("dvc", "queue", "kill", *settings, cwd=queued)
+            pytest.fail(f"the queue did not finish:\n{status}\n{sh('dvc', 'queue', 'logs', 't2', cwd=queued)}")
         time.sleep(5)
     assert status.count("Success") == 2, status
+    log = sh("dvc", "queue", "logs", "t2", cwd=queued)
+    assert "Running stage 'distill@pvkd'" in log  # trained in the queue, not restored
+    assert "1 threads each" in log  # the workers' environment reached the run
     for name in settings:
-        assert trained_student(repo, f"par-{name}") == trained_student(repo, f"seq-{name}")
+        assert trained_student(queued, name) == trained_student(clones["sequential"], name)
     # the two settings train different students: equal hashes above are not an accident of a no-op
-    assert trained_student(repo, "seq-t2")[0] != trained_student(repo, "seq-v1")[0]
+    assert trained_student(queued, "t2")[0] != trained_student(queued, "v1")[0]

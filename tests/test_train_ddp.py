@@ -63,3 +63,23 @@ def test_two_gloo_processes_agree_and_their_confusion_is_the_single_process_one(
     for head in ("point", "voxel"):
         assert int(single[head].sum()) == sum(len(val[(0, p)]["label"]) for p in range(len(val)))
         assert torch.equal(r0["confusion"][head], single[head]) and torch.equal(r1["confusion"][head], single[head])
+
+
+def test_cpu_threads_follow_the_param_then_omp_num_threads_then_the_cores(monkeypatch):
+    from pvkd.train.distributed import DistInfo, cpu_threads
+
+    from train_fixtures import tiny_config
+
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    for name in ("OMP_NUM_THREADS", "LOCAL_RANK", "RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    two_local = DistInfo(0, 2, 0, 2)
+    assert cpu_threads(tiny_config(threads=3), two_local) == 3
+    assert cpu_threads(tiny_config(threads=0, workers=1), two_local) == 7  # 16 cores / 2 processes - 1 worker
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # a queue worker started as OMP_NUM_THREADS=1 dvc queue start
+    assert cpu_threads(tiny_config(threads=0), DistInfo()) == 1
+    assert cpu_threads(tiny_config(threads=4), DistInfo()) == 4  # the param wins
+    monkeypatch.setenv("LOCAL_RANK", "0")  # under torchrun, whose OMP_NUM_THREADS=1 is its own default
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert cpu_threads(tiny_config(threads=0, workers=0), two_local) == 8

@@ -95,9 +95,21 @@ def setup(cfg: TrainConfig) -> tuple[DistInfo, torch.device]:
         raise ParamsError("train.sync_batchnorm needs CUDA (torch implements SyncBatchNorm for GPUs only)")
     if info.enabled and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // info.local_world_size - cfg.workers))
+    torch.set_num_threads(cpu_threads(cfg, info))
     seed_everything(cfg.seed)
     return info, device
+
+
+def cpu_threads(cfg: TrainConfig, info: DistInfo) -> int:
+    """``train.threads``; 0: ``OMP_NUM_THREADS`` when set outside torchrun (so `OMP_NUM_THREADS=1 dvc queue
+    start -j 2` gives each queued run one thread without changing the train section, which the teacher
+    depends on), else the machine's cores shared among the local processes, less the loader workers."""
+    if cfg.threads:
+        return cfg.threads
+    omp = os.environ.get("OMP_NUM_THREADS", "")
+    if omp.isdigit() and int(omp) > 0 and not under_torchrun():  # torchrun sets it to 1 for every process
+        return int(omp)
+    return max(1, (os.cpu_count() or 1) // info.local_world_size - cfg.workers)
 
 
 def seed_everything(seed: int) -> None:
