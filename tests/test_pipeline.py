@@ -69,7 +69,7 @@ def repo(tmp_path):
     params["train"].update(batch_size=1, val_every=0, checkpoint_every=0, workers=0, threads=1, processes=1,
                            device="cpu")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    (tmp_path / ".gitignore").write_text("__pycache__/\n")
+    shutil.copy(ROOT / ".gitignore", tmp_path / ".gitignore")  # git tracks exactly what a user's repository tracks
     sh("git", "init", "-q", cwd=tmp_path)
     sh("git", "add", "-A", cwd=tmp_path)
     sh("git", "commit", "-qm", "tiny", cwd=tmp_path)
