@@ -23,8 +23,6 @@ import copy
 import json
 import os
 import statistics
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -32,20 +30,11 @@ from pathlib import Path
 
 import torch
 import yaml
-from common import device_name, write_result  # bench/common.py (the script's folder is on sys.path)
+from common import MIX_VARIANTS, device_name, pvkd, write_result  # bench/common.py (the script's folder is on sys.path)
 
 from pvkd.train.distributed import resolve_device
 
-VARIANTS = {"affine": (), "paste": ("paste",), "polarmix": ("polarmix",), "lasermix": ("lasermix",),
-            "all": ("paste", "polarmix", "lasermix")}
-
-
-def pvkd(*args: str, log: Path) -> None:
-    """Run one ``pvkd`` command; its output goes to ``log``; a failure names the log."""
-    done = subprocess.run([sys.executable, "-m", "pvkd", *args], capture_output=True, text=True)
-    log.write_text(done.stdout + done.stderr)
-    if done.returncode != 0:
-        raise RuntimeError(f"pvkd {args[0]} failed; see {log}")
+VARIANTS = MIX_VARIANTS
 
 
 def prepare(params_path: Path, work: Path) -> tuple[Path, Path]:

@@ -41,15 +41,13 @@ import copy
 import json
 import os
 import statistics
-import subprocess
-import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 import yaml
-from common import device_name, write_result  # bench/common.py (the script's folder is on sys.path)
+from common import device_name, pvkd, write_result  # bench/common.py (the script's folder is on sys.path)
 from distill_seeds import run
 
 from pvkd.train.distributed import resolve_device
@@ -57,14 +55,6 @@ from pvkd.train.distributed import resolve_device
 STUDENTS = ("baseline", "pseudo", "hinton", "pvkd")
 PSEUDO = {"description": "pseudo-labels only (self-training), Cylinder3D 0.5x",
           "distill": {"point_weight": 0.0, "voxel_weight": 0.0, "affinity_weight": 0.0}}
-
-
-def pvkd(*args: str, log: Path) -> None:
-    """Run one ``pvkd`` command; its output goes to ``log``; a failure names the log."""
-    done = subprocess.run([sys.executable, "-m", "pvkd", *args], capture_output=True, text=True)
-    log.write_text(done.stdout + done.stderr)
-    if done.returncode != 0:
-        raise RuntimeError(f"pvkd {args[0]} failed; see {log}")
 
 
 def budget_params(base: dict, streets: int, raw: Path) -> dict:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 import yaml
-from common import device_name, write_result  # bench/common.py (the script's folder is on sys.path)
+from common import MIX_VARIANTS, device_name, write_result  # bench/common.py (the script's folder is on sys.path)
 
 from pvkd.distill.cache import TeacherCache, file_sha256
 from pvkd.distill.objective import DistillConfig, PVKDLoss, cached_targets, train_rarity
@@ -33,8 +33,7 @@ from pvkd.train.config import AugmentConfig, TrainConfig, merge_sections
 from pvkd.train.data import ScanDataset, collate
 from pvkd.train.losses import SegmentationLoss
 
-VARIANTS = {"affine": (), "paste": ("paste",), "polarmix": ("polarmix",), "lasermix": ("lasermix",),
-            "all": ("paste", "polarmix", "lasermix")}
+VARIANTS = MIX_VARIANTS
 
 
 def main() -> None:
