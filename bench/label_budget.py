@@ -11,7 +11,11 @@ labelled scan count, so every student of a budget runs the same number of steps)
 * ``baseline``: no teacher, the labelled scans only;
 * ``pseudo``: plus the unlabelled scans with the teacher's top class as their labels (self-training);
 * ``hinton``: pseudo-labels plus the point KL on every point;
-* ``pvkd``: pseudo-labels plus the four PVKD terms on every point.
+* ``pvkd``: pseudo-labels plus the four PVKD terms on every point;
+* ``lasermix``: ``pvkd`` plus LaserMix with unlabelled partners (``train.augment.lasermix.partner:
+  unlabelled``, p 0.5): half the scans mix inclination bands of a labelled and an unlabelled scan,
+  labels on the labelled bands and the teacher's pseudo-labels on the others (LaserMix's
+  semi-supervised recipe, on top of PVKD).
 
 With all 8 streets labelled there is no unlabelled split: the students are the plain ones.
 Students keep their final weights (``train.keep: last``) and are scored on the whole val split.
@@ -50,11 +54,15 @@ import yaml
 from common import device_name, pvkd, write_result  # bench/common.py (the script's folder is on sys.path)
 from distill_seeds import run
 
+from pvkd.train.config import merge_sections
 from pvkd.train.distributed import resolve_device
 
-STUDENTS = ("baseline", "pseudo", "hinton", "pvkd")
+STUDENTS = ("baseline", "pseudo", "hinton", "pvkd", "lasermix")
 PSEUDO = {"description": "pseudo-labels only (self-training), Cylinder3D 0.5x",
           "distill": {"point_weight": 0.0, "voxel_weight": 0.0, "affinity_weight": 0.0}}
+LASERMIX = {"description": "PVKD + LaserMix of labelled with unlabelled scans, Cylinder3D 0.5x",
+            "train": {"augment": {"lasermix": {"probability": 0.5, "partner": "unlabelled"}}}}
+NEED_UNLABELLED = ("pseudo", "lasermix")  # students that are something else only with unlabelled scans
 
 
 def budget_params(base: dict, streets: int, raw: Path) -> dict:
@@ -71,8 +79,9 @@ def budget_params(base: dict, streets: int, raw: Path) -> dict:
         p["preprocess"]["splits"].append("unlabelled")
         p["cache"]["splits"].append("unlabelled")
         p["distill"]["unlabelled"]["split"] = "unlabelled"
-    pseudo = {**PSEUDO, "model": base["students"]["baseline"]["model"]}
-    p["students"] = {name: copy.deepcopy(pseudo if name == "pseudo" else base["students"][name]) for name in STUDENTS}
+    extra = {"pseudo": {**PSEUDO, "model": base["students"]["baseline"]["model"]},
+             "lasermix": merge_sections(base["students"]["pvkd"], LASERMIX)}
+    p["students"] = {name: copy.deepcopy(extra.get(name) or base["students"][name]) for name in STUDENTS}
     return p
 
 
@@ -188,7 +197,7 @@ def main() -> None:
             entry["teacher_miou"] = teacher_miou
         done = {(r["steps"], r["student"], r["seed"]) for r in entry["runs"]}
         # with every street labelled there are no unlabelled scans: pseudo would be the baseline
-        students = [n for n in args.students if not (n == "pseudo" and streets == 8)]
+        students = [n for n in args.students if not (n in NEED_UNLABELLED and streets == 8)]
         jobs = [(steps, name, seed) for steps in args.steps for seed in args.seeds for name in students
                 if (steps, name, seed) not in done]
 
@@ -196,7 +205,8 @@ def main() -> None:
                 labelled=labelled):
             steps, name, seed = job
             p = copy.deepcopy(params)
-            p["students"][name]["train"] = {"epochs": max(1, round(steps / labelled)), "val_every": 0}
+            p["students"][name]["train"] = {**p["students"][name].get("train", {}),
+                                            "epochs": max(1, round(steps / labelled)), "val_every": 0}
             # the baseline never reads the teacher: one run serves every teacher of the budget
             runs = folder if name == "baseline" else teacher.parent
             r = run(name, seed, p, runs / f"steps-{steps}", threads, str(cache), str(data), str(teacher))

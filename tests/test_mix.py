@@ -4,13 +4,14 @@ import dataclasses
 
 import numpy as np
 import pytest
+import torch
 
 from pvkd.errors import DataError, ParamsError
 from pvkd.objects import BankConfig, ObjectBank, build_bank, components, scan_objects
 from pvkd.shards import ProcessedData
 from pvkd.train import mix
 from pvkd.train.config import describe_augment
-from pvkd.train.data import ScanDataset
+from pvkd.train.data import ScanDataset, collate
 
 from train_fixtures import augment_config, make_processed
 
@@ -210,9 +211,35 @@ def test_dataset_mixes_deterministically_and_every_point_keeps_its_rows(processe
     assert np.array_equal(off[(1, 0)]["xyz"], ScanDataset(processed, "train")[(1, 0)]["xyz"])
 
 
+def test_lasermix_with_unlabelled_partners_flags_each_point_by_the_scan_it_came_from(processed):
+    data = ProcessedData(processed)
+    aug = augment_config(lasermix={"probability": 1.0, "bands": [2, 3], "partner": "unlabelled"})
+    with pytest.raises(ParamsError, match="students.<name>.train.augment"):
+        ScanDataset(processed, "train", aug)  # the teacher's and the baseline's data: no unlabelled scans
+    ds = ScanDataset(processed, ["train", "unlabelled"], aug, seed=1, extras=tagged_extras(data),
+                     unlabelled=["unlabelled"])
+    source_labelled = ~data.index["split"].eq("unlabelled").to_numpy()
+    tag_of = {scan_id: i for i, scan_id in enumerate(data.index["scan_id"])}  # as tagged_extras numbers them
+    samples = [ds[(0, position)] for position in range(len(ds))]
+    for position, sample in enumerate(samples):
+        tags = sample["extras"]["teacher_records"][:, 0] // 1000
+        assert np.array_equal(sample["labelled"], source_labelled[tags])  # the flag follows each point
+        assert not sample["label"][~sample["labelled"]].any()  # no label on disk reaches an unlabelled point
+        partner_tags = tags[tags != tag_of[ds.rows["scan_id"][position]]]
+        assert not source_labelled[partner_tags].any()  # every partner is an unlabelled scan
+        if ds.labelled[position]:
+            assert sample["labelled"].any() and not sample["labelled"].all()  # bands of both kinds
+            assert (sample["label"][sample["labelled"]] > 0).any()
+    flags = np.concatenate([s["labelled"] for s in samples[:2]])
+    assert torch.equal(collate(samples[:2]).unlabelled_points(), torch.from_numpy(~flags))
+
+
 def test_models_say_which_augmentations_they_trained_with():
     default = augment_config()
     assert describe_augment(dataclasses.asdict(default)) == "affine"
     on = augment_config(paste={"probability": 0.5}, lasermix={"probability": 1.0})
     assert describe_augment(dataclasses.asdict(on)) == "affine + instance paste p=0.5 + LaserMix p=1"
+    semi = augment_config(lasermix={"probability": 0.5, "partner": "unlabelled"})
+    assert describe_augment(dataclasses.asdict(semi)) == "affine + LaserMix with unlabelled scans p=0.5"
+    assert "partner" in " ".join(augment_config(lasermix={"partner": "labelled"}).problems())
     assert describe_augment(None) == "unknown"  # a record from before the augment section

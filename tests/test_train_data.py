@@ -136,7 +136,7 @@ def test_unlabelled_splits_come_after_the_labelled_ones_without_labels(tmp_path)
     assert len(dataset) == 5 and dataset.count("train") == 2 and dataset.count("val") == 3
     assert dataset.labelled.tolist() == [True, True, False, False, False]
     first, third = dataset[(0, 0)], dataset[(0, 2)]
-    assert first["labelled"] and (first["label"] > 0).any()
-    assert not third["labelled"] and not third["label"].any()
+    assert first["labelled"].all() and (first["label"] > 0).any()
+    assert not third["labelled"].any() and not third["label"].any()
     batch = collate([first, third])
     assert batch.unlabelled_points().tolist() == [False] * len(first["label"]) + [True] * len(third["label"])

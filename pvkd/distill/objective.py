@@ -214,7 +214,8 @@ class PVKDLoss(nn.Module):
 
     def unlabelled_terms(self, output: SegOutput, teacher: TeacherTargets, top_logp: torch.Tensor,
                          top: torch.Tensor, unlabelled: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The segmentation loss on the points of unlabelled scans, against the teacher (``distill.unlabelled``).
+        """The segmentation loss on the points of unlabelled scans (whole, or the bands a LaserMix took from
+        them), against the teacher (``distill.unlabelled``).
 
         hard: the teacher's top class as the label where its probability reaches ``threshold``
         (ignored below), through the whole segmentation loss (class-weighted CE and Lovász on the
@@ -231,7 +232,8 @@ class PVKDLoss(nn.Module):
             return {"unlabelled_seg": un.weight * total}
         num_voxels = output.voxel_logits.shape[0]
         voxel_unlabelled = torch.zeros(num_voxels, dtype=torch.bool, device=unlabelled.device)
-        voxel_unlabelled[output.point_to_voxel[unlabelled]] = True  # a voxel holds the points of one scan
+        # any unlabelled point marks its voxel (at a LaserMix band edge a voxel may also hold labelled points)
+        voxel_unlabelled[output.point_to_voxel[unlabelled]] = True
         voxel_target = losses.voxel_teacher_logprobs(teacher.logp, output.point_to_voxel, num_voxels, 1.0)
         point_rows = _class_weight(seg.point_weights, top) * unlabelled
         voxel_rows = _class_weight(seg.voxel_weights, voxel_target.argmax(dim=1)) * voxel_unlabelled

@@ -19,6 +19,7 @@ from pvkd.errors import ParamsError
 SCHEDULES = ("onecycle", "cosine")
 AMP_MODES = ("fp16", "bf16", "off")
 KEEP = ("best", "last")
+LASERMIX_PARTNERS = ("same", "unlabelled")
 # keys that change how a run is executed but not what it computes: a run may resume across them
 RUNTIME_KEYS = ("workers", "threads", "log_every", "val_batch_size", "processes", "device")
 
@@ -44,10 +45,11 @@ class PolarMixConfig:
 
 @dataclass(frozen=True)
 class LaserMixConfig:
-    """LaserMix with a partner scan of the same kind (see :mod:`pvkd.train.mix`)."""
+    """LaserMix with a partner scan (see :mod:`pvkd.train.mix`)."""
 
     probability: float
     bands: tuple[int, ...]  # inclination bands, one count drawn per mix (LaserMix: 2 to 6)
+    partner: str  # same (a scan of the same kind) | unlabelled (an unlabelled scan: LaserMix's semi-supervised mix)
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,8 @@ class AugmentConfig:
             found.append("augment.polarmix: swap_deg must be in (0, 360] and copies >= 0")
         if not self.lasermix.bands or min(self.lasermix.bands) < 1:
             found.append("augment.lasermix.bands must list band counts >= 1")
+        if self.lasermix.partner not in LASERMIX_PARTNERS:
+            found.append(f"augment.lasermix.partner must be one of {LASERMIX_PARTNERS}, got {self.lasermix.partner!r}")
         return found
 
 
@@ -184,7 +188,8 @@ def describe_augment(augment: dict[str, Any] | None) -> str:
     for name, label in (("paste", "instance paste"), ("polarmix", "PolarMix"), ("lasermix", "LaserMix")):
         probability = (augment.get(name) or {}).get("probability", 0.0)
         if probability > 0:
-            words.append(f"{label} p={probability:g}")
+            partner = " with unlabelled scans" if (augment.get(name) or {}).get("partner") == "unlabelled" else ""
+            words.append(f"{label}{partner} p={probability:g}")
     return " + ".join(words)
 
 

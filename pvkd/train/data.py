@@ -37,7 +37,7 @@ from pvkd.train.augment import augment
 from pvkd.train.config import AugmentConfig
 
 COLUMNS = ["x", "y", "z", "intensity", "label"]
-POINT_KEYS = ("xyz", "intensity", "label")  # a loaded scan's own arrays; its other keys are the extras
+POINT_KEYS = ("xyz", "intensity", "label", "labelled")  # a loaded scan's own arrays; its other keys are the extras
 # independent random streams derived from the run's seed
 PERMUTATION_STREAM, AUGMENT_STREAM, MIX_STREAM, SCAN_MIX_STREAM = 0, 1, 2, 3
 
@@ -52,14 +52,14 @@ class TrainBatch:
     points: PointBatch
     labels: torch.Tensor  # (N,) int64 training ids, 0 = ignored
     positions: torch.Tensor  # (B,) int64 position of each scan in its dataset
-    labelled: torch.Tensor | None = None  # (B,) bool: False for scans of an unlabelled split (None: all labelled)
+    labelled: torch.Tensor | None = None  # (N,) bool: False for points of unlabelled scans (None: all labelled)
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def unlabelled_points(self) -> torch.Tensor:
-        """(N,) bool: the points of the scans of unlabelled splits."""
+        """(N,) bool: the points that come from scans of unlabelled splits (a mixed scan holds both kinds)."""
         if self.labelled is None:
             return torch.zeros_like(self.labels, dtype=torch.bool)
-        return ~self.labelled.to(self.labels.device)[self.points.batch]
+        return ~self.labelled.to(self.labels.device)
 
     def to(self, device: torch.device | str) -> TrainBatch:
         non_blocking = torch.device(device).type == "cuda"
@@ -67,7 +67,7 @@ class TrainBatch:
             self.points.to(device),
             self.labels.to(device, non_blocking=non_blocking),
             self.positions,
-            self.labelled,
+            None if self.labelled is None else self.labelled.to(device, non_blocking=non_blocking),
             {k: v.to(device, non_blocking=non_blocking) for k, v in self.extras.items()},
         )
 
@@ -75,7 +75,8 @@ class TrainBatch:
         """Called by the DataLoader (``pin_memory=True``) so host-to-GPU copies can overlap compute."""
         p = self.points
         pinned = PointBatch(p.xyz.pin_memory(), p.intensity.pin_memory(), p.batch.pin_memory(), p.batch_size)
-        return TrainBatch(pinned, self.labels.pin_memory(), self.positions, self.labelled, {
+        labelled = None if self.labelled is None else self.labelled.pin_memory()
+        return TrainBatch(pinned, self.labels.pin_memory(), self.positions, labelled, {
             k: v.pin_memory() for k, v in self.extras.items()
         })
 
@@ -90,7 +91,9 @@ class ScanDataset(Dataset):
     left out unless ``keep_empty`` (the cache and submissions need every scan).
 
     Mixing (``augment.paste``, ``polarmix``, ``lasermix``) draws its partners among the scans of
-    the same kind (labelled with labelled, unlabelled with unlabelled) and pastes only into
+    the same kind (labelled with labelled, unlabelled with unlabelled; ``lasermix.partner:
+    unlabelled`` draws unlabelled partners for every scan, so that a labelled scan's bands
+    alternate with an unlabelled one's, each point keeping its own ``labelled``) and pastes only into
     labelled scans (placement needs their ground labels); ``bank`` holds the objects to paste
     and names the object classes PolarMix copies. Each decision has its own random stream of
     (seed, epoch, scan), so turning one transform on leaves the others' draws unchanged.
@@ -130,6 +133,10 @@ class ScanDataset(Dataset):
             raise ParamsError("train.augment.paste and polarmix.copies need the object bank: run `pvkd objects` "
                               "(dvc repro objects) and pass it with --objects")
         self.partners = {kind: np.flatnonzero(self.labelled == kind) for kind in (True, False)}
+        if cfg.lasermix.probability > 0 and cfg.lasermix.partner == "unlabelled" and not len(self.partners[False]):
+            raise ParamsError("train.augment.lasermix.partner: unlabelled needs unlabelled scans, and only a student "
+                              "with distill.unlabelled.split (and a teacher term or unlabelled.weight > 0) reads "
+                              "them: set it in students.<name>.train.augment, not for the teacher or the baseline")
         self.ground_ids = class_ids(cfg.paste.ground_classes, class_names, "train.augment.paste.ground_classes")
         self.object_ids = class_ids(bank.classes, class_names, "objects.classes") if bank is not None else []
         if bank is not None:  # objects of scans in this dataset, by class
@@ -151,13 +158,16 @@ class ScanDataset(Dataset):
         return int((self.rows["split"] == split).sum())
 
     def load(self, position: int) -> mix.Scan:
-        """Scan ``position`` as stored, with its extras: ``xyz``, ``intensity``, ``label`` and the extras' keys."""
+        """Scan ``position`` as stored, with its extras: ``xyz``, ``intensity``, ``label``, ``labelled``
+        (per point, so that it follows each point through a mix) and the extras' keys."""
         row = self.rows.iloc[position]
         cols = read_scan(self.root / row["shard"], int(row["row_group"]), COLUMNS)
+        labelled, n = bool(self.labelled[position]), len(cols["x"])
         scan = {
             "xyz": np.stack([cols["x"], cols["y"], cols["z"]], 1),
             "intensity": np.array(cols["intensity"], dtype=np.float32),  # a writable copy of the mapped column
-            "label": cols["label"].astype(np.int64) if self.labelled[position] else np.zeros(len(cols["x"]), np.int64),
+            "label": cols["label"].astype(np.int64) if labelled else np.zeros(n, np.int64),
+            "labelled": np.full(n, labelled),
         }
         if self.extras is not None:
             scan |= self.extras(row)
@@ -171,7 +181,7 @@ class ScanDataset(Dataset):
                 scan = self.mixed(scan, epoch, position)
             rng = np.random.default_rng([self.seed, AUGMENT_STREAM, epoch, position])
             scan["xyz"] = augment(scan["xyz"], self.augment, rng)
-        sample = {k: scan[k] for k in POINT_KEYS} | {"labelled": bool(self.labelled[position]), "position": position}
+        sample = {k: scan[k] for k in POINT_KEYS} | {"position": position}
         if self.extras is not None:
             sample["extras"] = {k: v for k, v in scan.items() if k not in POINT_KEYS}
         return sample
@@ -187,7 +197,8 @@ class ScanDataset(Dataset):
             partner = self.load(int(rng[1].choice(self.partners[labelled])))
             scan = mix.polar_mix(scan, partner, cfg.polarmix.swap_deg, cfg.polarmix.copies, self.object_ids, rng[1])
         if rng[2].random() < cfg.lasermix.probability:
-            partner = self.load(int(rng[2].choice(self.partners[labelled])))
+            kind = False if cfg.lasermix.partner == "unlabelled" else labelled
+            partner = self.load(int(rng[2].choice(self.partners[kind])))
             scan = mix.laser_mix(scan, partner, cfg.lasermix.bands, rng[2])
         return scan
 
@@ -207,7 +218,7 @@ def collate(samples: list[dict]) -> TrainBatch:
         points=points,
         labels=torch.cat([torch.from_numpy(s["label"]) for s in samples]),
         positions=torch.tensor([s["position"] for s in samples], dtype=torch.long),
-        labelled=torch.tensor([s.get("labelled", True) for s in samples], dtype=torch.bool),
+        labelled=torch.cat([torch.from_numpy(s["labelled"]) for s in samples]),
         extras=extras,
     )
 
