@@ -18,7 +18,7 @@ from pvkd.report.inputs import number
 
 DISTILL_SEEDS, LABEL_BUDGET = "distill_seeds", "label_budget"
 BASELINE = "baseline"  # the no-distillation student both benchmarks measure the others against
-LABEL_BUDGET_STUDENTS = ("baseline", "pseudo", "hinton", "pvkd")  # bench/label_budget.py's order
+LABEL_BUDGET_STUDENTS = ("baseline", "pseudo", "hinton", "pvkd", "lasermix")  # bench/label_budget.py's order
 TOTAL_STREETS = 8  # train streets of the default data, when a budget does not say how many stay unlabelled
 
 
