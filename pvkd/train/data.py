@@ -218,7 +218,8 @@ def collate(samples: list[dict]) -> TrainBatch:
         points=points,
         labels=torch.cat([torch.from_numpy(s["label"]) for s in samples]),
         positions=torch.tensor([s["position"] for s in samples], dtype=torch.long),
-        labelled=torch.cat([torch.from_numpy(s["labelled"]) for s in samples]),
+        labelled=torch.cat([torch.from_numpy(s["labelled"]) if "labelled" in s
+                            else torch.ones(len(s["label"]), dtype=torch.bool) for s in samples]),
         extras=extras,
     )
 
