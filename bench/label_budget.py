@@ -21,7 +21,9 @@ With all 8 streets labelled there is no unlabelled split: the students are the p
 Students keep their final weights (``train.keep: last``) and are scored on the whole val split.
 For each distilled student: mean ± sample std over the seeds, the paired same-seed gains over
 ``baseline``, whether the gain exceeds twice the larger std, and, where the full-label baseline
-at the same steps is in the results, the share of the gap to it that the student closes.
+at the same steps is in the results, the label gap (full labels minus the budget's baseline) and,
+where that gap itself exceeds twice the larger std of the two baselines, the share of it that
+the student closes.
 
     python bench/label_budget.py --budgets 1 --steps 400 --seeds 0 1 2 --parallel 2
     python bench/label_budget.py --budgets 1 --steps 1600 --teacher-steps 1600 \
@@ -121,6 +123,11 @@ def prepare(folder: Path, params: dict, teacher_steps: int, need_teacher: bool =
     return data, teacher, cache, labelled, teacher_miou
 
 
+def _std(values) -> float:
+    values = list(values)
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
 def summarize(budgets: dict) -> dict:
     """Per step count, budget and student: mean ± std over seeds, paired gains, the gap to full labels closed."""
     summary: dict = {}
@@ -147,9 +154,13 @@ def summarize(budgets: dict) -> dict:
                 if full is not None and streets != "8":
                     full_mean = statistics.mean(full["per_seed"].values())
                     base_mean = statistics.mean(base["per_seed"].values())
+                    gap_noise = 2 * max(_std(full["per_seed"].values()), _std(base["per_seed"].values()))
                     s["full_label_baseline"] = full_mean
-                    s["gap_to_full_labels_closed"] = ((s["mean"] - base_mean) / (full_mean - base_mean)
-                                                      if full_mean > base_mean else None)
+                    s["label_gap"] = full_mean - base_mean
+                    s["label_gap_beyond_2_std"] = s["label_gap"] > gap_noise
+                    # a share of a gap inside the noise would be a ratio of two noises: left out
+                    s["gap_to_full_labels_closed"] = ((s["mean"] - base_mean) / s["label_gap"]
+                                                      if s["label_gap_beyond_2_std"] else None)
     return summary
 
 

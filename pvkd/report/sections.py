@@ -328,11 +328,13 @@ def _study_intro(study: Study) -> str:
     teachers = ", ".join(f"{s}/{study.total_streets}: {pct(m, 2)} %" for s, m in sorted(study.teacher_miou.items()))
     return (f"{where}: label budgets. With n of the {study.total_streets} train streets labelled, the rest are "
             "unlabelled: baseline trains on the labelled scans only, pseudo adds the unlabelled ones with the "
-            "teacher's pseudo-labels, hinton and pvkd add their distillation terms. Each budget has its own teacher, "
+            "teacher's pseudo-labels, hinton and pvkd add their distillation terms, lasermix adds to pvkd LaserMix "
+            "of labelled with unlabelled scans. Each budget has its own teacher, "
             "trained on its labelled streets" + (f" for {study.teacher_steps} steps" if study.teacher_steps else "")
             + (f" (val mIoU, one run each: {teachers})" if teachers else "") +
             ". Gap to full labels closed: the share of the gap between the baseline and the baseline with every "
-            "street labelled (same steps) that the student closes.")
+            "street labelled (same steps) that the student closes, shown only where that gap exceeds twice the "
+            "seed std of the two baselines.")
 
 
 def _figure_name(study: Study, taken: set[str]) -> str:
