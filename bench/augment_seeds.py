@@ -34,8 +34,6 @@ from common import MIX_VARIANTS, device_name, pvkd, write_result  # bench/common
 
 from pvkd.train.distributed import resolve_device
 
-VARIANTS = MIX_VARIANTS
-
 
 def prepare(params_path: Path, work: Path) -> tuple[Path, Path]:
     """The params' data, processed, and its object bank, built once under ``work``."""
@@ -60,7 +58,7 @@ def run(variant: str, seed: int, params: dict, probability: float, threads: int,
     folder = work / f"{variant}-seed{seed}"
     folder.mkdir(parents=True, exist_ok=True)
     p = copy.deepcopy(params)
-    for name in VARIANTS[variant]:
+    for name in MIX_VARIANTS[variant]:
         p["train"]["augment"][name]["probability"] = probability
     p["teacher"]["train"] = {**(p["teacher"].get("train") or {}), "seed": seed, "keep": "last", "threads": threads}
     (folder / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
@@ -103,7 +101,7 @@ def summarize(runs: list[dict], rare: list[str]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", default=list(MIX_VARIANTS), choices=list(MIX_VARIANTS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--probability", type=float, default=0.5, help="of each transform a variant turns on")
     parser.add_argument("--parallel", type=int, default=2, help="runs at once (one CPU thread each on the CPU)")

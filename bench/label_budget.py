@@ -124,6 +124,7 @@ def prepare(folder: Path, params: dict, teacher_steps: int, need_teacher: bool =
 
 
 def _std(values) -> float:
+    """Sample std; 0 for a single value."""
     values = list(values)
     return statistics.stdev(values) if len(values) > 1 else 0.0
 
@@ -142,14 +143,13 @@ def summarize(budgets: dict) -> dict:
             for name, s in students.items():
                 values = [s["per_seed"][k] for k in sorted(s["per_seed"])]
                 s["mean"] = statistics.mean(values)
-                s["std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+                s["std"] = _std(values)
                 if base is None or name == "baseline":
                     continue
                 common = sorted(set(s["per_seed"]) & set(base["per_seed"]))
                 s["paired_gain_per_seed"] = [s["per_seed"][k] - base["per_seed"][k] for k in common]
                 s["gain_over_baseline"] = s["mean"] - statistics.mean(base["per_seed"].values())
-                noise = 2 * max(s["std"], statistics.stdev(base["per_seed"].values()) if len(base["per_seed"]) > 1
-                                else 0.0)
+                noise = 2 * max(s["std"], _std(base["per_seed"].values()))
                 s["gain_beyond_2_std"] = len(values) > 1 and s["gain_over_baseline"] > noise
                 if full is not None and streets != "8":
                     full_mean = statistics.mean(full["per_seed"].values())

@@ -33,8 +33,6 @@ from pvkd.train.config import AugmentConfig, TrainConfig, merge_sections
 from pvkd.train.data import ScanDataset, collate
 from pvkd.train.losses import SegmentationLoss
 
-VARIANTS = MIX_VARIANTS
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -54,7 +52,7 @@ def main() -> None:
     cache = TeacherCache(args.cache, data, file_sha256(args.teacher))
     bank = build_bank(data, BankConfig.from_dict(params["objects"]))
     datasets = {}
-    for name, on in VARIANTS.items():
+    for name, on in MIX_VARIANTS.items():
         section = merge_sections(params["train"]["augment"], {t: {"probability": 1.0} for t in on})
         augment = AugmentConfig.from_dict(section, "train.augment")
         datasets[name] = ScanDataset(args.data, "train", augment, cfg.seed, extras=cache.extras(), bank=bank)
@@ -65,9 +63,9 @@ def main() -> None:
     loss = PVKDLoss(dcfg, segmentation, train_rarity(data, dcfg.class_power), model.grid.size, cached_targets(cache))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
-    load_ms = {n: [] for n in VARIANTS}
-    step_ms = {n: [] for n in VARIANTS}
-    points = {n: [] for n in VARIANTS}
+    load_ms = {n: [] for n in MIX_VARIANTS}
+    step_ms = {n: [] for n in MIX_VARIANTS}
+    points = {n: [] for n in MIX_VARIANTS}
     n_scans = len(datasets["affine"])
     for step in range(args.steps + 2):
         keys = [(step, (step * 7 + i) % n_scans) for i in range(cfg.batch_size)]
@@ -86,10 +84,10 @@ def main() -> None:
                 points[name].append(batch.points.num_points)
         if step >= 2:
             print(f"step {step - 1}: " + ", ".join(f"{n} {load_ms[n][-1]:.0f}+{step_ms[n][-1]:.0f} ms"
-                                                   for n in VARIANTS), flush=True)
+                                                   for n in MIX_VARIANTS), flush=True)
 
     median = {n: {"load_ms": statistics.median(load_ms[n]), "step_ms": statistics.median(step_ms[n]),
-                  "points_per_step": statistics.mean(points[n])} for n in VARIANTS}
+                  "points_per_step": statistics.mean(points[n])} for n in MIX_VARIANTS}
     base = median["affine"]
     for m in median.values():
         m["load_over_affine"] = m["load_ms"] / base["load_ms"]

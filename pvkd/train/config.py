@@ -186,10 +186,10 @@ def describe_augment(augment: dict[str, Any] | None) -> str:
         return "unknown"
     words = ["affine"]
     for name, label in (("paste", "instance paste"), ("polarmix", "PolarMix"), ("lasermix", "LaserMix")):
-        probability = (augment.get(name) or {}).get("probability", 0.0)
-        if probability > 0:
-            partner = " with unlabelled scans" if (augment.get(name) or {}).get("partner") == "unlabelled" else ""
-            words.append(f"{label}{partner} p={probability:g}")
+        section = augment.get(name) or {}
+        if section.get("probability", 0.0) > 0:
+            partner = " with unlabelled scans" if section.get("partner") == "unlabelled" else ""
+            words.append(f"{label}{partner} p={section['probability']:g}")
     return " + ".join(words)
 
 
