@@ -161,8 +161,10 @@ from pathlib import Path
 
 import yaml
 
+from pvkd.params import profile_params
+
 base, out, run, smoke = sys.argv[1], Path(sys.argv[2]), sys.argv[3], sys.argv[4] == "1"
-p = yaml.safe_load(Path(base).read_text())
+p = profile_params(base)  # params.yaml with the profile merged in
 if smoke:  # tiny: 3 scans of the default 32-beam sensor, a 64 x 48 x 16 grid, widths 8 / 4
     splits, scans = {"train": ["00"], "val": ["08"]}, 2
     p["synth"]["sensor"] = "default"
@@ -338,7 +340,7 @@ EOF
   local dev=cuda
   [[ $SMOKE == 1 ]] && dev=cpu
   local P=$RUN/params.yaml DATA=$RUN/processed TEACHER=$RUN/teacher.pt CACHE=$RUN/teacher_cache
-  write_params params-synth64.yaml "$P" "$RUN" "$SMOKE" || { printf 'params\t1\t0\t0\n' >>"$STEPS"; summary; return 1; }
+  write_params profiles/synth64.yaml "$P" "$RUN" "$SMOKE" || { printf 'params\t1\t0\t0\n' >>"$STEPS"; summary; return 1; }
 
   # 1. issue 3: teacher vs student, every family, fp32; fwd/bwd checks in fp32, fp16, bf16 autocast; profiles
   if [[ $SMOKE == 1 ]]; then

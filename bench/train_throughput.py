@@ -18,11 +18,11 @@ The model, grid and recipe come from ``--profile`` (``teacher.model``, ``grid``,
 
 GPU (H100, full size: Cylinder3D s = 32 on 480 x 360 x 32, 64-beam scans of ~120k points):
 
-    python bench/train_throughput.py --profile params-synth64.yaml --batch-size 4 --amp bf16 --steps 300
+    python bench/train_throughput.py --profile profiles/synth64.yaml --batch-size 4 --amp bf16 --steps 300
 
 CPU (small, the default profile):
 
-    python bench/train_throughput.py --profile params.yaml --scans 8 --steps 6 --warmup 2 --workers 0,1
+    python bench/train_throughput.py --profile none --scans 8 --steps 6 --warmup 2 --workers 0,1
 
 Writes bench/results/train_throughput_<device>.json (the device named inside and in the name).
 """
@@ -43,7 +43,7 @@ from common import device_name, write_result  # bench/common.py (the script's fo
 
 from pvkd.datasets import open_dataset
 from pvkd.grid import grid_from_params
-from pvkd.params import load_params
+from pvkd.params import load_params, profile_params
 from pvkd.preprocess import preprocess
 from pvkd.shards import ProcessedData
 from pvkd.train import distributed
@@ -115,7 +115,7 @@ def loader_throughput(dataset: ScanDataset, batch_size: int, workers: int, batch
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--profile", type=Path, default=Path("params-synth64.yaml"))
+    ap.add_argument("--profile", default="profiles/synth64.yaml", help="merged over params.yaml; none = params.yaml")
     ap.add_argument("--data", type=Path, help="processed folder; default: generate --scans scans")
     ap.add_argument("--scans", type=int, default=32, help="scans per generated sequence (train and val)")
     ap.add_argument("--batch-size", type=int, help="default: the profile's train.batch_size")
@@ -128,7 +128,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, help="default: bench/results/train_throughput_<device>.json")
     args = ap.parse_args()
 
-    params = load_params(args.profile)
+    params = load_params() if args.profile == "none" else profile_params(args.profile)
     overrides = {"device": args.device, "processes": 1, "workers": 0}
     overrides |= {k: v for k, v in (("batch_size", args.batch_size), ("amp", args.amp)) if v is not None}
     cfg = TrainConfig.from_dict(merge_sections(merge_sections(params["train"], params["teacher"].get("train")),

@@ -9,12 +9,15 @@ from pvkd.console import console
 from pvkd.errors import PvkdError
 from pvkd.stages import (
     cache_logits,
+    configs,
     distill,
     evaluate,
+    import_teacher,
     model_info,
     objects,
     predict,
     preprocess,
+    profile,
     report,
     synth,
     teacher_train,
@@ -28,16 +31,20 @@ app = typer.Typer(
 )
 # each command's help is its stage function's docstring; the first line is the summary in `pvkd --help`
 app.command("synth")(synth.main)
+app.command("preprocess-config")(configs.preprocess_main)
 app.command("preprocess")(preprocess.main)
 app.command("objects")(objects.main)
 app.command("model-info")(model_info.main)
+app.command("teacher-config")(configs.teacher_main)
 app.command("teacher-train")(teacher_train.main)
+app.command("import-teacher")(import_teacher.main)
 app.command("cache-logits")(cache_logits.main)
-app.command("student-config")(distill.config_main)
+app.command("student-config")(configs.student_main)
 app.command("distill")(distill.main)
 app.command("evaluate")(evaluate.main)
 app.command("predict")(predict.main)
 app.command("report")(report.main)
+app.command("profile")(profile.main)
 
 
 def main() -> None:

@@ -150,24 +150,33 @@ def check_model_fits(record: dict, data: ProcessedData, path: Path) -> None:
         )
 
 
-def scans_trained_on(record: dict, data: ProcessedData, split: str) -> int:
-    """How many scans of ``split`` the model trained on: its ``train_splits`` (a distilled student's include
-    the unlabelled split it learnt from through the teacher) compared by source file with ``split``'s."""
-    trained = data.index[data.index["split"].isin(record.get("train_splits", ["train"]))]
-    scored = data.index[data.index["split"] == split]
-    return int(scored["source_path"].isin(trained["source_path"]).sum())
+def sequences_trained_on(record: dict, data: ProcessedData, split: str) -> list[str]:
+    """The sequences (SemanticKITTI) or scenes (nuScenes) of ``split`` that the model trained on, labelled or not.
+
+    By sequence, not by file: a nuScenes sweep split of the val scenes holds none of the val keyframes'
+    files, yet its scans are the keyframes' 20 Hz neighbours. Records from before ``train_sequences``
+    compare with the sequences of their ``train_splits`` in ``data``."""
+    trained = record.get("train_sequences")
+    if trained is None:
+        splits = record.get("train_splits", ["train"])
+        trained = data.index.loc[data.index["split"].isin(splits), "sequence"]
+    scored = data.index.loc[data.index["split"] == split, "sequence"]
+    return sorted(set(scored.astype(str)) & set(map(str, trained)))
 
 
-def refuse_trained_on(record: dict, data: ProcessedData, split: str, path: Path) -> None:
-    """Scoring a model on scans it trained on (e.g. distilled on the val scans as unlabelled ones) would report
-    a transductive, semi-supervised result as a supervised one: refuse, naming the fix."""
-    overlap = scans_trained_on(record, data, split)
-    if overlap:
+def leak_guard(record: dict, data: ProcessedData, split: str, path: Path, allow: bool) -> list[str]:
+    """Scoring a model on sequences it trained on (e.g. distilled on the val scenes' sweeps as unlabelled scans)
+    would report a transductive result as a held-out one: refused unless ``allow``; returns the overlap."""
+    overlap = sequences_trained_on(record, data, split)
+    if overlap and not allow:
         raise DataError(
-            f"{path}: trained on {overlap} scan(s) of the {split} split (train_splits "
-            f"{record.get('train_splits')}); scores on them would not be a held-out result. Take those "
-            "sequences out of the unlabelled split (data.splits) or score another split"
+            f"{path}: trained on scans of {len(overlap)} sequence(s)/scene(s) of the {split} split "
+            f"({', '.join(overlap[:5])}{', ...' if len(overlap) > 5 else ''}; train_splits "
+            f"{record.get('train_splits')}); its scores would not be a held-out result. Take those sequences out "
+            "of the unlabelled split (data.splits), or pass --allow-trained-on to score it anyway (marked in the "
+            "metrics and the report)"
         )
+    return overlap
 
 
 # ---------------------------------------------------------------- one model
@@ -309,9 +318,11 @@ def evaluate_models(
     entries: list[ModelEntry], data: Path, cfg: EvalConfig, device: torch.device,
     progress: Callable[[int, int], None] | None = None,
     describe: Callable[[ModelEntry, dict], None] | None = None,
+    allow_trained_on: bool = False,
 ) -> Evaluation:
     """Evaluate every model on the val split of ``data``; ``progress(done, total)`` counts scans passed
-    (val scans and cost scans of every model), ``describe(entry, metrics)`` is told each model's result."""
+    (val scans and cost scans of every model), ``describe(entry, metrics)`` is told each model's result.
+    ``allow_trained_on``: score models that trained on val sequences too (see :func:`leak_guard`)."""
     from pvkd.train.checkpoint import load_model
 
     processed = ProcessedData(data)
@@ -334,10 +345,11 @@ def evaluate_models(
     for entry in entries:
         model, record = load_model(entry.path, device)
         check_model_fits(record, processed, entry.path)
-        refuse_trained_on(record, processed, SPLIT, entry.path)
+        overlap = leak_guard(record, processed, SPLIT, entry.path, allow_trained_on)
         evaluation = evaluate_model(model, dataset, cfg, device, sample_scan=cfg.sample_scan, progress=tick)
         cost = measure_cost(model, dataset, cfg, device, progress=tick)
         metrics[entry.name] = model_metrics(evaluation, record, cost, cfg, entry.role, entry.description)
+        metrics[entry.name]["trained_on_scored_sequences"] = overlap  # not empty: not a held-out score
         sample[f"pred_{entry.name}"] = evaluation.sample_pred
         if describe:
             describe(entry, metrics[entry.name])

@@ -67,12 +67,12 @@ class Grid:
         # float rounding at the upper bound must not step outside the grid
         return np.minimum(idx, np.asarray(self.size, np.int32) - 1)
 
-    def cell_centre(self, cells):
-        """Cell indices (N, 3) -> centres in grid coordinates (N, 3)."""
+    def cell_centre(self, cells, dtype: torch.dtype | None = None):
+        """Cell indices (N, 3) -> centres in grid coordinates (N, 3); torch: in ``dtype`` (default float32)."""
         lib = _lib(cells)
         if lib is torch:
-            lo = torch.tensor(self.min_bound, device=cells.device)
-            cell = torch.tensor(self.cell_size, device=cells.device)
+            lo = torch.tensor(self.min_bound, dtype=dtype, device=cells.device)
+            cell = torch.tensor(self.cell_size, dtype=dtype, device=cells.device)
             return (cells.to(lo.dtype) + 0.5) * cell + lo
         return (cells.astype(np.float64) + 0.5) * np.asarray(self.cell_size) + np.asarray(self.min_bound)
 

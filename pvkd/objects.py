@@ -27,6 +27,7 @@ from pvkd.atomic import atomic_path
 from pvkd.errors import DataError, ParamsError
 from pvkd.shards import ProcessedData
 
+BANK_SPLIT = "train"  # objects are banked from the labelled train split
 BANK_SCHEMA = pa.schema(
     [
         ("scan_id", pa.string()),  # the source scan, as in index.parquet
@@ -127,7 +128,7 @@ class ObjectBank:
 
     table: pd.DataFrame
     classes: tuple[str, ...]
-    shards_hash: str  # of the processed folder the rows refer to
+    shards_hash: str  # of the processed split the rows refer to (the train split)
 
     def write(self, path: str | Path) -> None:
         table = pa.Table.from_pandas(self.table, schema=BANK_SCHEMA, preserve_index=False)
@@ -146,12 +147,12 @@ class ObjectBank:
 
     def check(self, data: ProcessedData, path: str | Path) -> None:
         """Refuse a bank built from other shards: its rows would point at other points."""
-        if self.shards_hash != data.meta["shards_hash"]:
-            raise DataError(f"{path} was built from other shards than {data.root}; re-run `pvkd objects` "
+        if self.shards_hash != data.shards_hash(BANK_SPLIT):
+            raise DataError(f"{path} was built from other shards than {data.root / BANK_SPLIT}; re-run `pvkd objects` "
                             "(dvc repro objects)")
 
 
-def build_bank(data: ProcessedData, cfg: BankConfig, split: str = "train",
+def build_bank(data: ProcessedData, cfg: BankConfig, split: str = BANK_SPLIT,
                progress: Callable[[int, int], None] | None = None) -> ObjectBank:
     """Every object of ``cfg.classes`` in the labelled scans of ``split``."""
     if not data.meta["splits"].get(split, {}).get("labelled", False):
@@ -167,7 +168,7 @@ def build_bank(data: ProcessedData, cfg: BankConfig, split: str = "train",
         if progress is not None:
             progress(i + 1, len(scans))
     return ObjectBank(pa.Table.from_pylist(records, schema=BANK_SCHEMA).to_pandas(), cfg.classes,
-                      data.meta["shards_hash"])
+                      data.shards_hash(split))
 
 
 def bank_for(augment, path: str | Path, data: ProcessedData) -> ObjectBank | None:

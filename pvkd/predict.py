@@ -28,7 +28,7 @@ from pvkd.atomic import atomic_path
 from pvkd.console import console
 from pvkd.datasets.semantickitti import write_predictions as write_semantickitti_labels
 from pvkd.errors import DataError
-from pvkd.evaluate import check_model_fits, predict_split, scans_trained_on
+from pvkd.evaluate import check_model_fits, predict_split, sequences_trained_on
 from pvkd.shards import ProcessedData
 from pvkd.train.data import ScanDataset
 
@@ -82,11 +82,11 @@ def write_submission(
     processed = ProcessedData(data)
     model, record = load_model(model_path, device)
     check_model_fits(record, processed, model_path)
-    if overlap := scans_trained_on(record, processed, split):
+    if overlap := sequences_trained_on(record, processed, split):
         console.print(
-            f"[bold red]warning:[/] {model_path} was distilled on {overlap} scan(s) of the {split} split as "
-            "unlabelled scans: its predictions are a semi-supervised (transductive) result; benchmark rules "
-            "(SemanticKITTI, nuScenes) ask you to say so when you submit them"
+            f"[bold red]warning:[/] {model_path} trained on scans of {len(overlap)} sequence(s) of the {split} split "
+            "(as unlabelled scans, or labelled): its predictions are a semi-supervised (transductive) result; "
+            "benchmark rules (SemanticKITTI, nuScenes) ask you to say so when you submit them"
         )
     dataset_name = record["dataset"]
     scans = ScanDataset(data, split, keep_empty=True)  # a file for every scan, empty ones too

@@ -18,7 +18,6 @@ label 0 and says so in the summary (``labelled: false``).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import multiprocessing
 import shutil
@@ -34,7 +33,7 @@ import pyarrow.parquet as pq
 
 from pvkd.datasets import DataError, Dataset, ScanRecord
 from pvkd.grid import Grid
-from pvkd.shards import INDEX_SCHEMA, SHARD_SCHEMA, WRITE_OPTIONS, Scan, scan_table
+from pvkd.shards import INDEX_SCHEMA, SHARD_SCHEMA, WRITE_OPTIONS, Scan, files_hash, scan_table
 
 
 @dataclass(frozen=True)
@@ -163,24 +162,12 @@ def _run_job(args):
     return write_shard(*args)
 
 
-def plan_shards(dataset: Dataset, splits: list[str], scans_per_shard: int) -> list[ShardJob]:
-    jobs = []
-    for split in splits:
-        records = dataset.scans(split)
-        for n, start in enumerate(range(0, len(records), scans_per_shard)):
-            chunk = tuple(records[start : start + scans_per_shard])
-            jobs.append(ShardJob(split, f"shards/{split}-{n:05d}.parquet", chunk))
-    return jobs
-
-
-def files_hash(paths: list[Path]) -> str:
-    """sha256 over the bytes of ``paths`` in order: identifies exactly which shards a model saw."""
-    digest = hashlib.sha256()
-    for path in paths:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
+def plan_shards(dataset: Dataset, split: str, scans_per_shard: int) -> list[ShardJob]:
+    records = dataset.scans(split)
+    return [
+        ShardJob(split, f"shards/{n:05d}.parquet", tuple(records[start : start + scans_per_shard]))
+        for n, start in enumerate(range(0, len(records), scans_per_shard))
+    ]
 
 
 def preprocess(
@@ -193,39 +180,47 @@ def preprocess(
     workers: int = 1,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict:
-    """Write the processed folder ``out`` (replacing it only on success); returns the summary."""
+    """Write one folder ``out/<split>`` per split (each replaced only on its own success); returns their meta.
+
+    The meta has the keys every split shares and ``splits``: each split's summary with its shards' hash
+    (what :func:`pvkd.shards.read_meta` gives for these splits)."""
     out = Path(out)
-    jobs = plan_shards(dataset, splits, scans_per_shard)
-    total_scans = sum(len(j.records) for j in jobs)
+    plans = {split: plan_shards(dataset, split, scans_per_shard) for split in splits}
+    total_scans = sum(len(j.records) for jobs in plans.values() for j in jobs)
     if total_scans == 0:
         raise DataError(f"no scans found for splits {splits} under the dataset root; check data.root and data.splits")
+    done = 0
+
+    def counted(split_done: int, _total: int) -> None:
+        if progress:
+            progress(done + split_done, total_scans)
+
+    metas = {}
+    for split, jobs in plans.items():
+        metas[split] = _write_split(dataset, grid, out / split, split, jobs, band_edges, workers, counted)
+        done += sum(len(j.records) for j in jobs)
+    first = next(iter(metas.values()))
+    return {**{k: v for k, v in first.items() if k not in ("split", "summary")},
+            "splits": {split: meta["summary"] for split, meta in metas.items()}}
+
+
+def _write_split(dataset: Dataset, grid: Grid, out: Path, split: str, jobs: list[ShardJob], band_edges: list[float],
+                 workers: int, progress: Callable[[int, int], None]) -> dict:
+    """One split folder, written into a staging folder that replaces ``out`` only when every shard succeeded."""
     staging = out.with_name(out.name + ".staging")
     shutil.rmtree(staging, ignore_errors=True)
     (staging / "shards").mkdir(parents=True)
     num_classes = len(dataset.class_names)
+    total_scans = sum(len(j.records) for j in jobs)
     try:
         results = _run_jobs(jobs, dataset, grid, band_edges, staging, workers, progress, total_scans)
         index_rows = [row for rows, _, _ in results for row in rows]
         pq.write_table(pa.Table.from_pylist(index_rows, schema=INDEX_SCHEMA), staging / "index.parquet")
-        counts = {split: [0, 0] for split in splits}  # split -> [point counts, voxel counts]
-        for job, (_, points, voxels) in zip(jobs, results):
-            counts[job.split][0] += points
-            counts[job.split][1] += voxels
-        stats = _stats_table(counts, band_edges, dataset.class_names)
+        points = sum((p for _, p, _ in results), np.zeros((len(band_edges), num_classes), np.int64))
+        voxels = sum((v for _, _, v in results), np.zeros((len(band_edges), num_classes), np.int64))
+        stats = _stats_table({split: (points, voxels)}, band_edges, dataset.class_names)
         pq.write_table(pa.Table.from_pandas(stats, preserve_index=False), staging / "stats.parquet")
-        index = pd.DataFrame(index_rows)
-        labelled = {job.split for job in jobs if any(r.labels_path for r in job.records)}
-        summary = {
-            split: {
-                "labelled": split in labelled,  # an unlabelled split (every label 0) is used only through the teacher
-                "scans": int((index.split == split).sum()),
-                "empty_scans": int(((index.split == split) & (index.num_points == 0)).sum()),
-                "points": int(index.num_points[index.split == split].sum()),
-                "dropped_nonfinite": int(index.num_dropped[index.split == split].sum()),
-                "outside_grid": int(index.num_outside_grid[index.split == split].sum()),
-            }
-            for split in splits
-        }
+        index = pd.DataFrame(index_rows, columns=INDEX_SCHEMA.names)
         meta = {
             "dataset": dataset.name,
             "class_names": list(dataset.class_names),
@@ -233,8 +228,17 @@ def preprocess(
             "grid": asdict(grid),
             "distance_bands": band_labels(band_edges),
             "band_edges": list(band_edges),
-            "splits": summary,
-            "shards_hash": files_hash([staging / j.name for j in jobs]),
+            "split": split,
+            "summary": {
+                # an unlabelled split (every label 0) is used only through the teacher
+                "labelled": any(r.labels_path for job in jobs for r in job.records),
+                "scans": len(index),
+                "empty_scans": int((index.num_points == 0).sum()),
+                "points": int(index.num_points.sum()),
+                "dropped_nonfinite": int(index.num_dropped.sum()),
+                "outside_grid": int(index.num_outside_grid.sum()),
+                "shards_hash": files_hash([staging / j.name for j in jobs]),
+            },
         }
         (staging / "meta.json").write_text(json.dumps(meta, indent=2))
     except BaseException:

@@ -1,17 +1,20 @@
 """The processed-data contract: Parquet shards, the scan index and the frequency stats.
 
-Layout of a processed folder (``data/processed``)::
+Layout of a processed folder (``data/processed``): one folder per split, each written whole by
+its own ``preprocess@<split>`` stage, so a stage depends only on the splits it reads (adding an
+unlabelled or test split never touches the train split's files or hash)::
 
-    shards/<split>-NNNNN.parquet   one row group per scan, one row per point (SHARD_SCHEMA)
-    index.parquet                  one row per scan: where its row group is (INDEX_SCHEMA)
-    stats.parquet                  point and voxel counts per split x distance band x class
-    meta.json                      dataset, class names, grid, bands, splits, shards' hash
+    <split>/shards/NNNNN.parquet   one row group per scan, one row per point (SHARD_SCHEMA)
+    <split>/index.parquet          one row per scan: where its row group is (INDEX_SCHEMA)
+    <split>/stats.parquet          point and voxel counts per distance band x class
+    <split>/meta.json              dataset, class names, grid, bands, the split's summary and shards' hash
 
 Reading one scan touches one row group of one file, memory-mapped.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from functools import lru_cache
@@ -22,6 +25,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pvkd.errors import DataError
 from pvkd.grid import Grid
 
 SHARD_SCHEMA = pa.schema(
@@ -110,24 +114,98 @@ def read_scan(path: str | Path, row_group: int, columns: list[str] | None = None
     )
 
 
+def files_hash(paths: list[Path]) -> str:
+    """sha256 over the bytes of ``paths`` in order: identifies exactly which shards (or cache files) a run read."""
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+# what every split folder of one processed folder must agree on
+COMMON_META = ("dataset", "class_names", "num_classes", "grid", "distance_bands", "band_edges")
+
+
+def split_folders(root: str | Path) -> dict[str, Path]:
+    """The split folders of a processed folder (those holding a meta.json), by split name."""
+    root = Path(root)
+    if (root / "meta.json").is_file():
+        raise DataError(f"{root}: a processed folder of the old one-folder layout; run `dvc repro` (or "
+                        "`pvkd preprocess`) again to write one folder per split")
+    # a split being written lives in <split>.staging until it is complete
+    found = {p.parent.name: p.parent for p in sorted(root.glob("*/meta.json")) if "." not in p.parent.name}
+    if not found:
+        raise FileNotFoundError(f"{root}/<split>/meta.json: not found; run `pvkd preprocess` (dvc repro) first")
+    return found
+
+
+def read_meta(root: str | Path) -> dict:
+    """The processed folder's meta: the keys its splits share, and ``splits``: each split's summary and hash.
+
+    Split folders written with another grid, dataset or classes are refused, naming both files."""
+    metas = {split: json.loads((folder / "meta.json").read_text()) for split, folder in split_folders(root).items()}
+    first_split, first = next(iter(metas.items()))
+    for split, meta in metas.items():
+        differ = [k for k in COMMON_META if meta.get(k) != first.get(k)]
+        if differ:
+            raise DataError(f"{Path(root) / split / 'meta.json'} and {Path(root) / first_split / 'meta.json'} differ "
+                            f"in {differ}: every split must be preprocessed with the same params; run `dvc repro`")
+    return {**{k: first[k] for k in COMMON_META}, "splits": {s: m["summary"] for s, m in metas.items()}}
+
+
+def read_stats(root: str | Path) -> pd.DataFrame:
+    """The stats tables of every split folder as one (a ``split`` column tells them apart)."""
+    tables = [pq.read_table(folder / "stats.parquet").to_pandas() for folder in split_folders(root).values()]
+    return pd.concat(tables, ignore_index=True)
+
+
 class ProcessedData:
-    """Read access to a processed folder: ``meta``, ``index``, ``stats`` and scans by position."""
+    """Read access to a processed folder: ``meta``, ``index`` (every split's), ``stats`` and scans by position.
+
+    ``index["shard"]`` is relative to the processed folder (``train/shards/00000.parquet``)."""
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
-        meta_path = self.root / "meta.json"
-        if not meta_path.is_file():
-            raise FileNotFoundError(f"{meta_path}: not found; run `pvkd preprocess` (dvc repro preprocess) first")
-        self.meta = json.loads(meta_path.read_text())
-        self.index: pd.DataFrame = pq.read_table(self.root / "index.parquet").to_pandas()
+        self.meta = read_meta(self.root)
+        self.index: pd.DataFrame = pd.concat(
+            [_split_index(folder) for folder in split_folders(self.root).values()], ignore_index=True
+        )
         self.grid = Grid(**{k: tuple(v) if isinstance(v, list) else v for k, v in self.meta["grid"].items()})
 
     @property
     def stats(self) -> pd.DataFrame:
-        return pq.read_table(self.root / "stats.parquet").to_pandas()
+        return read_stats(self.root)
+
+    def shards_hash(self, split: str) -> str:
+        """The hash of one split's shards (sha256 of their bytes in order); unknown splits are an error."""
+        if split not in self.meta["splits"]:
+            raise DataError(f"{self.root}: no split {split!r} (its splits: {sorted(self.meta['splits'])}); add it to "
+                            "preprocess.splits and data.splits")
+        return self.meta["splits"][split]["shards_hash"]
+
+    def hashes(self, splits) -> dict[str, str]:
+        """``{split: shards hash}``: what identifies the data a model or a cache was made from."""
+        return {split: self.shards_hash(split) for split in splits}
 
     def scans(self, split: str) -> pd.DataFrame:
         return self.index[self.index["split"] == split].reset_index(drop=True)
 
     def read(self, row: pd.Series, columns: list[str] | None = None):
         return read_scan(self.root / row["shard"], int(row["row_group"]), columns)
+
+
+def _split_index(folder: Path) -> pd.DataFrame:
+    index = pq.read_table(folder / "index.parquet").to_pandas()
+    index["shard"] = folder.name + "/" + index["shard"]
+    return index
+
+
+def check_hashes(made_from: dict[str, str], data: ProcessedData, what: str, fix: str) -> None:
+    """Refuse ``what`` when a split it was made from now has other shards (or is gone) in ``data``."""
+    for split, digest in made_from.items():
+        current = data.meta["splits"].get(split, {}).get("shards_hash")
+        if current != digest:
+            now = "is not there" if current is None else f"now has other shards ({current[:12]}, was {digest[:12]})"
+            raise DataError(f"{what}: made from the {split!r} split of {data.root}, which {now}; {fix}")

@@ -12,52 +12,6 @@ from pvkd.errors import ParamsError
 from pvkd.params import load_params
 
 
-def effective_config(params: dict, name: str, where: Path) -> dict:
-    """Everything ``pvkd distill --student name`` computes with: its model, its own ``distill:`` / ``train:``
-    merged over the sections, and the grid section (a student of the other grid kind takes its grid there)."""
-    from pvkd.train.config import merge_sections
-
-    students = params.get("students") or {}
-    if name not in students:
-        raise ParamsError(f"{where}: no student {name!r} under students (students: {sorted(students) or 'none'})")
-    if name == "teacher":
-        raise ParamsError(f"{where}: a student may not be named 'teacher' (models/teacher.pt is the teacher's)")
-    student = students[name]
-    unknown = sorted(set(student) - {"description", "model", "distill", "train"})
-    if "model" not in student or unknown:
-        raise ParamsError(f"{where}: students.{name} needs a model section (and may have description, distill, "
-                          f"train){'; unknown key(s) ' + str(unknown) if unknown else ''}")
-    for section in ("distill", "train"):
-        if section not in params:
-            raise ParamsError(f"{where}: needs a {section} section")
-    return {"student": name, "model": dict(student["model"]),
-            "distill": merge_sections(params["distill"], student.get("distill")),
-            "train": merge_sections(params["train"], student.get("train")), "grid": params.get("grid")}
-
-
-def config_main(
-    student: str = typer.Option(..., help="Name of the student under students: in params.yaml."),
-    params: Path = typer.Option(Path("params.yaml"), help="Params file; reads students.<name>, distill, train, grid."),
-    out: Path = typer.Option(None, help="JSON file to write; default configs/<student>.json."),
-) -> None:
-    """Write one student's effective config (its own keys merged over distill and train) as JSON.
-
-    DVC's foreach gives every distill@<student> stage the whole distill and train sections, so
-    `dvc exp run -S distill.affinity_weight=0.5` would re-train the baseline, whose own keys set
-    that weight to 0. Each distill stage depends on this file instead: the file is rewritten for
-    every student, but only the students whose effective config changed are trained again.
-    """
-    import json
-
-    from pvkd.atomic import atomic_path
-
-    out = out or Path("configs") / f"{student}.json"
-    config = effective_config(load_params(params), student, params)
-    with atomic_path(out) as tmp:
-        tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    console.print(f"{out}: the effective config of student {student}")
-
-
 def main(
     student: str = typer.Option(..., help="Name of the student under students: in params.yaml."),
     params: Path = typer.Option(Path("params.yaml"), help="Params file; reads students.<name>, distill and train."),
@@ -88,22 +42,24 @@ def main(
 
     import torch
 
+    from pvkd.configs import student_sections
     from pvkd.distill.cache import TeacherCache, file_sha256
     from pvkd.distill.objective import DistillConfig, PVKDLoss, cached_targets, online_targets, train_rarity
     from pvkd.objects import bank_for
-    from pvkd.shards import ProcessedData
+    from pvkd.shards import ProcessedData, check_hashes
     from pvkd.stages.teacher_train import fit_and_export
     from pvkd.train import distributed
-    from pvkd.train.checkpoint import load_model, model_for_data
+    from pvkd.train.checkpoint import load_model, model_for_data, trained_on
     from pvkd.train.config import TrainConfig
     from pvkd.train.data import ScanDataset
     from pvkd.train.engine import Trainer
     from pvkd.train.losses import SegmentationLoss
+    from pvkd.train.semi import describe_semi, semi_supervised
 
     out = out or Path("models") / f"{student}.pt"
     live = live or Path("dvclive") / student
     checkpoints = checkpoints or Path("checkpoints") / student
-    config = effective_config(load_params(params), student, params)  # what configs/<student>.json holds
+    config = student_sections(load_params(params), student, params)  # configs/<student>.json: its inert keys left out
     model_cfg, distill_section, train_section = config["model"], config["distill"], config["train"]
     dcfg = DistillConfig.from_dict(distill_section, where=f"distill (students.{student}.distill over it)")
     cfg = TrainConfig.from_dict(train_section, where=f"train (students.{student}.train over it)")
@@ -119,16 +75,20 @@ def main(
     dist, device = distributed.setup(cfg)
     try:
         processed = ProcessedData(data)
-        model, info = model_for_data(model_cfg, processed, config["grid"])
-        # the run's identity includes the distillation recipe (resume only the very same run)
-        info = {**info, "distill": dict(distill_section), "student": student}
+        # the baseline (no teacher) trains on the labelled scans only; a distilled student adds the unlabelled split,
+        # and so does a student trained by the semi-supervised recipe (train.semi) without a teacher
+        if cfg.semi.on and dcfg.uses_teacher:
+            raise ParamsError(f"students.{student}: train.semi (its own mean teacher) with distillation from the "
+                              "teacher is not supported; set the distill weights to 0 or train.semi.split to null")
+        unlabelled = [dcfg.unlabelled.split] if dcfg.uses_unlabelled else [cfg.semi.split] if cfg.semi.on else []
+        train_splits = ["train", *unlabelled]
+        model, info = model_for_data(model_cfg, processed, config["grid"], reads=(*train_splits, "val"))
+        # the run's identity includes the distillation recipe (resume only the very same run); evaluate refuses
+        # to score a model on sequences it trained on
+        info = trained_on({**info, "distill": dict(distill_section), "student": student}, processed, train_splits)
         segmentation = SegmentationLoss.for_data(cfg.loss, processed)
         rarity = train_rarity(processed, dcfg.class_power)
 
-        # the baseline (no teacher) trains on the labelled scans only; a distilled student adds the unlabelled split
-        unlabelled = [dcfg.unlabelled.split] if dcfg.uses_unlabelled else []
-        train_splits = ["train", *unlabelled]
-        info["train_splits"] = train_splits  # evaluate refuses to score a model on scans it trained on
         extras, targets, source = None, None, "none"
         if dcfg.uses_teacher and dcfg.mode == "cached":
             teacher_cache = TeacherCache(cache, processed, file_sha256(teacher))
@@ -141,21 +101,23 @@ def main(
             source = f"cache {cache} ({teacher_cache.codec}, {teacher_cache.feature_dim}-dim features)"
         elif dcfg.uses_teacher:
             teacher_model, record = load_model(teacher, device)
-            if record["shards_hash"] != processed.meta["shards_hash"]:
-                raise ParamsError(f"{teacher}: trained on other shards than {data}; run `dvc repro teacher-train`")
+            check_hashes(record["data_hashes"], processed, str(teacher), "run `dvc repro teacher-train`")
             targets, source = online_targets(teacher_model), f"online teacher {teacher}"
-        loss = PVKDLoss(dcfg, segmentation, rarity, model.grid.size, targets).to(device)
+        loss, semi = PVKDLoss(dcfg, segmentation, rarity, model.grid.size, targets), None
+        if cfg.semi.on:
+            loss, semi = semi_supervised(cfg, model, segmentation)
         train_set = ScanDataset(data, train_splits, cfg.augment, cfg.seed, extras=extras, unlabelled=unlabelled,
                                 bank=bank_for(cfg.augment, objects, processed))
         trainer = Trainer(
-            model, loss.on_batch, train_set, ScanDataset(data, "val"),
+            model, loss.to(device).on_batch, train_set, ScanDataset(data, "val"),
             cfg, info, dist=dist, device=device, checkpoint_dir=checkpoints, live_dir=live, description=student,
-            unlabelled_share=dcfg.unlabelled.share if unlabelled else 0.0,
+            unlabelled_ratio=cfg.semi.ratio if semi else dcfg.unlabelled.ratio if unlabelled else 0, semi=semi,
         )
         if dist.is_main:
             un = dcfg.unlabelled
-            scans = (f"plus {train_set.count(un.split)} unlabelled scans of {un.split!r} (share {un.share}, "
-                     f"{un.target} targets at weight {un.weight})" if unlabelled else "labelled scans only")
+            scans = (describe_semi(cfg.semi, train_set) if semi else
+                     f"plus {train_set.count(un.split)} unlabelled scans of {un.split!r} ({un.ratio} per labelled "
+                     f"scan, {un.target} targets at weight {un.weight})" if unlabelled else "labelled scans only")
             console.print(
                 f"{student}: {model_cfg['arch']} width {model_cfg['width']}, "
                 f"{sum(q.numel() for q in model.parameters()) / 1e6:.2f} M parameters, grid "

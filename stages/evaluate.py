@@ -18,6 +18,9 @@ def main(
     out: Path = typer.Option(Path("metrics/evaluate.json"), help="Metrics to write: one entry per model."),
     plots: Path = typer.Option(Path("eval"), help="Folder for per_class_iou.csv, distance_miou.csv and "
                                "sample_scan.parquet."),
+    allow_trained_on: bool = typer.Option(False, "--allow-trained-on", help="Score a model on val sequences or "
+                                          "scenes it trained on (without labels too) instead of refusing it; its "
+                                          "metrics list them (trained_on_scored_sequences) and the report marks it."),
 ) -> None:
     """Score the teacher and every student on the val split by the dataset's official rules.
 
@@ -30,10 +33,11 @@ def main(
 
     Writes OUT (JSON: {model: {role, description, arch, width, miou, miou_voxel_head, accuracy,
     iou, miou_by_distance, params_m, macs_g, latency_ms, tta, val_scans, train_splits,
-    augmentation}}),
+    augmentation, trained_on_scored_sequences}}),
     PLOTS/per_class_iou.csv (model, class, iou), PLOTS/distance_miou.csv (model, band, miou) and
     PLOTS/sample_scan.parquet (val scan evaluate.sample_scan: x, y, z, label, pred_<model>), each
-    file whole. A model that trained on val scans (an unlabelled split holding them) is refused:
+    file whole. A model that trained on scans of a val sequence or scene (an unlabelled split
+    holding them, or nuScenes sweeps of the val scenes) is refused unless --allow-trained-on:
     its score would not be a held-out result.
     """
     from pvkd.evaluate import EvalConfig, evaluate_models, model_entries, write_outputs
@@ -50,7 +54,8 @@ def main(
 
     tta = " with TTA" if cfg.tta else ""
     with progress_bar(f"evaluate {len(entries)} models on {device}{tta}") as report:
-        result = evaluate_models(entries, data, cfg, device, progress=report, describe=describe)
+        result = evaluate_models(entries, data, cfg, device, progress=report, describe=describe,
+                                 allow_trained_on=allow_trained_on)
     paths = write_outputs(result, out, plots)
     print_table(result.metrics)
     console.print("wrote " + ", ".join(map(str, paths)))

@@ -32,6 +32,8 @@ def model_section(params: dict, name: str | None) -> dict:
 
 def main(
     name: str = typer.Argument(None, help="A model of params.yaml: 'teacher' or a student's name."),
+    record: Path = typer.Option(None, "--model", help="A model record (models/teacher.pt, an imported teacher): "
+                                "measure its network, weights loaded, instead of a params section."),
     params: Path = typer.Option(Path("params.yaml"), help="Params file; reads grid, teacher and students."),
     arch: str = typer.Option(None, help="Architecture (cylinder3d | minkunet | spvcnn); overrides NAME's."),
     width: int = typer.Option(None, help="Base width s; overrides NAME's (default 32 when no NAME)."),
@@ -59,18 +61,24 @@ def main(
     from pvkd.models import PointBatch, build_model, parameter_counts, voxelize
     from pvkd.models.macs import count_macs, measure_latency, synthetic_scan
 
-    p = load_params(params)
-    if name is None and arch is None:
-        raise ParamsError("give a model NAME from params.yaml (teacher or a student) or --arch")
-    cfg = model_section(p, name)
-    cfg.setdefault("width", 32)
-    cfg.setdefault("num_classes", len(class_names(p["data"]["dataset"])))
-    for key, value in (("arch", arch), ("width", width), ("num_classes", num_classes)):
-        if value is not None:
-            cfg[key] = value
-    if "grid" not in p:
-        raise ParamsError(f"{params}: no 'grid' section")
-    model = build_model(cfg, p["grid"]).to(device)
+    if record is not None:
+        from pvkd.train.checkpoint import load_model
+
+        model, saved = load_model(record, device)
+        cfg = dict(saved["model"])
+    else:
+        p = load_params(params)
+        if name is None and arch is None:
+            raise ParamsError("give a model NAME from params.yaml (teacher or a student), --arch or --model")
+        cfg = model_section(p, name)
+        cfg.setdefault("width", 32)
+        cfg.setdefault("num_classes", len(class_names(p["data"]["dataset"])))
+        for key, value in (("arch", arch), ("width", width), ("num_classes", num_classes)):
+            if value is not None:
+                cfg[key] = value
+        if "grid" not in p:
+            raise ParamsError(f"{params}: no 'grid' section")
+        model = build_model(cfg, p["grid"]).to(device)
 
     if shards is not None:
         from pvkd.shards import ProcessedData

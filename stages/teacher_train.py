@@ -38,16 +38,20 @@ def main(
     from pvkd.objects import bank_for
     from pvkd.shards import ProcessedData
     from pvkd.train import distributed
-    from pvkd.train.checkpoint import model_for_data
+    from pvkd.train.checkpoint import model_for_data, trained_on
     from pvkd.train.config import TrainConfig, merge_sections
     from pvkd.train.data import ScanDataset
     from pvkd.train.engine import Trainer
     from pvkd.train.losses import SegmentationLoss
+    from pvkd.train.semi import describe_semi, semi_supervised
 
     p = load_params(params)
     teacher = p.get("teacher") or {}
-    if "model" not in teacher or "train" not in p:
-        raise ParamsError(f"{params}: needs a teacher.model section and a train section")
+    if "model" not in teacher or "train" not in p or "source" not in teacher:
+        raise ParamsError(f"{params}: needs teacher.source, a teacher.model section and a train section")
+    if teacher["source"] != "train":
+        import_source(teacher, data, out, live)
+        return
     cfg = TrainConfig.from_dict(merge_sections(p["train"], teacher.get("train")), where="train (teacher.train over it)")
 
     processes = distributed.local_processes(cfg)
@@ -60,25 +64,52 @@ def main(
     dist, device = distributed.setup(cfg)
     try:
         processed = ProcessedData(data)
-        model, info = model_for_data(teacher["model"], processed)
-        info["train_splits"] = ["train"]  # evaluate refuses to score a model on scans it trained on
-        loss = SegmentationLoss.for_data(cfg.loss, processed).to(device)
+        unlabelled = [cfg.semi.split] if cfg.semi.on else []  # semi-supervised: the unlabelled split too
+        splits = ["train", *unlabelled]
+        model, info = model_for_data(teacher["model"], processed, reads=(*splits, "val"))
+        info = trained_on(info, processed, splits)  # evaluate refuses to score a model on sequences it trained on
+        loss = SegmentationLoss.for_data(cfg.loss, processed)
+        semi = None
+        if cfg.semi.on:
+            loss, semi = semi_supervised(cfg, model, loss)
+        train_set = ScanDataset(data, splits, cfg.augment, cfg.seed, unlabelled=unlabelled,
+                                bank=bank_for(cfg.augment, objects, processed))
         trainer = Trainer(
-            model, loss.on_batch,
-            ScanDataset(data, "train", cfg.augment, cfg.seed, bank=bank_for(cfg.augment, objects, processed)),
-            ScanDataset(data, "val"),
+            model, loss.to(device).on_batch, train_set, ScanDataset(data, "val"),
             cfg, info, dist=dist, device=device, checkpoint_dir=checkpoints, live_dir=live, description="teacher",
+            unlabelled_ratio=cfg.semi.ratio if cfg.semi.on else 0, semi=semi,
         )
         if dist.is_main:
             console.print(
                 f"teacher: {info['model']['arch']} width {info['model']['width']}, "
                 f"{sum(q.numel() for q in model.parameters()) / 1e6:.2f} M parameters, grid "
-                f"{'x'.join(map(str, model.grid.size))}; {dist.world_size} process(es) on {device}, "
+                f"{'x'.join(map(str, model.grid.size))}; "
+                f"{describe_semi(cfg.semi, train_set) if cfg.semi.on else 'labelled scans only'}; "
+                f"{dist.world_size} process(es) on {device}, "
                 f"{torch.get_num_threads()} threads each"
             )
         fit_and_export(trainer, cfg, out)
     finally:
         distributed.shutdown()
+
+
+def import_source(teacher: dict, data: Path, out: Path, live: Path) -> None:
+    """teacher.source names a published checkpoint: import it as the teacher (no training), log its check."""
+    from pvkd.convert import HeadTraining
+    from pvkd.stages.import_teacher import import_published
+    from pvkd.train.distributed import resolve_device
+    from pvkd.train.tracking import RunLog
+
+    options = teacher["import"]
+    splits = options["train_splits"]
+    head = HeadTraining(steps=int(options["head_steps"]), lr=float(options["head_lr"]),
+                        batch_size=int(options["head_batch_size"]))
+    console.print(f"teacher: importing {teacher['source']} (teacher.source) instead of training")
+    check = import_published(Path(teacher["source"]), data, out, options["point_head"], head,
+                             None if splits == "auto" else list(splits), resolve_device("auto", "teacher"), 1)
+    log = RunLog(live)  # the stage's metrics and plots: the import's check on one val scan
+    log.log(0, check)
+    log.close()
 
 
 def fit_and_export(trainer, cfg, out: Path) -> None:

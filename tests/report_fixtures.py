@@ -95,6 +95,18 @@ def write_curves(live: Path, name: str, k: int, steps: int = 400, val: bool = Tr
             folder / "val" / "miou.tsv", sep="\t", index=False)
 
 
+def write_processed(data: Path, stats: pd.DataFrame, summaries: dict[str, dict]) -> None:
+    """A processed folder's split folders as the report reads them: each split's stats and meta.json."""
+    for split, summary in summaries.items():
+        (data / split).mkdir(parents=True)
+        stats[stats["split"] == split].to_parquet(data / split / "stats.parquet", index=False)
+        (data / split / "meta.json").write_text(json.dumps({
+            "dataset": "semantickitti", "class_names": list(SEMANTICKITTI_CLASSES), "num_classes": 20,
+            "grid": {"kind": "cylinder", "size": [480, 360, 32], "min_bound": [0, -3.14, -4],
+                     "max_bound": [50, 3.14, 2]},
+            "distance_bands": BANDS, "band_edges": [0, 10, 20, 30, 40, 50], "split": split, "summary": summary}))
+
+
 def write_inputs(root: Path, models: dict = MODELS, curves: tuple[str, ...] = ("teacher", "pvkd", "baseline"),
                  no_val_curve: tuple[str, ...] = ("hinton",), scan_models: tuple[str, ...] | None = None) -> dict:
     """Write every input of the report under ``root``; returns the paths as the CLI options name them."""
@@ -111,14 +123,9 @@ def write_inputs(root: Path, models: dict = MODELS, curves: tuple[str, ...] = ("
     scan_models = list(models)[:4] if scan_models is None else list(scan_models)
     sample_scan(scan_models).to_parquet(eval_dir / "sample_scan.parquet", index=False)
     data = root / "data" / "processed"
-    data.mkdir(parents=True)
     splits = {"train": 4_400_000, "val": 1_100_000}
-    stats_table(splits).to_parquet(data / "stats.parquet", index=False)
-    (data / "meta.json").write_text(json.dumps({
-        "dataset": "semantickitti", "class_names": list(SEMANTICKITTI_CLASSES), "num_classes": 20,
-        "distance_bands": BANDS, "splits": {s: {"scans": 200 if s == "train" else 50, "points": p}
-                                            for s, p in splits.items()},
-    }))
+    write_processed(data, stats_table(splits), {s: {"scans": 200 if s == "train" else 50, "points": p}
+                                                for s, p in splits.items()})
     live = root / "dvclive"
     for k, name in enumerate(curves):
         write_curves(live, name, k)

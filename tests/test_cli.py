@@ -49,7 +49,8 @@ def test_preprocess_command_writes_outputs_and_metrics(tmp_path):
     }
     # kitti_tree spreads points to 70 m and z in [-5, 3]: beyond the 50 m / [-4, 2] m grid
     assert 0 < summary["train"]["outside_grid"] < 1001
-    assert {p.name for p in out.iterdir()} == {"shards", "index.parquet", "stats.parquet", "meta.json"}
+    assert {p.name for p in out.iterdir()} == {"train", "val"}  # one folder per split
+    assert {p.name for p in (out / "train").iterdir()} == {"shards", "index.parquet", "stats.parquet", "meta.json"}
 
 
 def test_user_error_is_one_line_and_exit_1(tmp_path, monkeypatch, capsys):

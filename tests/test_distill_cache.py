@@ -135,9 +135,9 @@ def test_an_interrupted_cache_resumes_and_ends_identical(setup):
     written = []
     make_cache(teacher, processed, out, config(batch_size=1), CPU, after_shard=written.append)
     assert manifest["done_shards"][0] not in written and len(written) == 2  # 5 scans, 2 per shard: 3 shards
-    for shard in sorted((reference / "shards").glob("*.parquet")):
-        mine = TeacherCache(out, ProcessedData(processed)).read(f"shards/{shard.name}", 0)
-        theirs = TeacherCache(reference, ProcessedData(processed)).read(f"shards/{shard.name}", 0)
+    for shard in sorted((reference / "train/shards").glob("*.parquet")):
+        mine = TeacherCache(out, ProcessedData(processed)).read(f"train/shards/{shard.name}", 0)
+        theirs = TeacherCache(reference, ProcessedData(processed)).read(f"train/shards/{shard.name}", 0)
         assert all(np.array_equal(mine[k], theirs[k]) for k in theirs)
 
 
@@ -147,7 +147,7 @@ def test_a_changed_cache_param_starts_afresh(setup):
     make_cache(teacher, processed, out, config(topk=2), CPU)
     make_cache(teacher, processed, out, config(topk=3), CPU)
     cache = TeacherCache(out, ProcessedData(processed))
-    assert cache.topk == 3 and cache.read("shards/train-00000.parquet", 0)["outputs"].shape[1] == 7
+    assert cache.topk == 3 and cache.read("train/shards/00000.parquet", 0)["outputs"].shape[1] == 7
     assert math.isclose(cache.manifest["bytes_per_point"]["outputs"], 7)
 
 
@@ -167,12 +167,20 @@ def test_cache_covers_the_unlabelled_split_and_keeps_empty_scans_aligned(tmp_pat
     teacher = save_teacher(processed, tmp_path / "teacher.pt")
     with pytest.raises(DataError, match="cache.splits \\['val'\\]"):
         make_cache(teacher, processed, tmp_path / "bad", config(splits=("train", "val")), CPU)
+    make_cache(teacher, processed, tmp_path / "cache", config(outputs="fp16", batch_size=3), CPU)
+    train_bytes = (tmp_path / "cache/train/shards/00000.parquet").read_bytes()
+    # a split added to cache.splits is computed alone: the train shards and the projection are kept
+    written = []
     manifest = make_cache(teacher, processed, tmp_path / "cache", config(splits=("train", "unlabelled"),
-                                                                         outputs="fp16", batch_size=3), CPU)
+                                                                         outputs="fp16", batch_size=3), CPU,
+                          after_shard=written.append)
+    assert written == ["unlabelled/shards/00000.parquet"]
+    assert (tmp_path / "cache/train/shards/00000.parquet").read_bytes() == train_bytes
+    assert set(manifest["content_hashes"]) == {"train", "unlabelled"}
     assert [s["num_points"] == 0 for s in manifest["scans"]] == [False] * 4 + [True, False]
     cache = TeacherCache(tmp_path / "cache", ProcessedData(processed))
     assert cache.splits == ("train", "unlabelled")
-    assert {k: v.shape for k, v in cache.read("shards/unlabelled-00000.parquet", 1).items()} == {
+    assert {k: v.shape for k, v in cache.read("unlabelled/shards/00000.parquet", 1).items()} == {
         "outputs": (0, 40), "point_feature": (0, 3), "voxel_feature": (0, 3)}
     # the scan after the empty one gets its own outputs: its row group is its scan's
     dataset = ScanDataset(processed, ["train", "unlabelled"], extras=cache.extras(), unlabelled=["unlabelled"])

@@ -67,7 +67,7 @@ def unlabelled_loss(target: str, threshold: float = 0.0, weight: float = 2.0, po
     section = yaml.safe_load((ROOT / "params.yaml").read_text())["distill"]
     cfg = DistillConfig.from_dict({**section, "point_weight": point_weight, "voxel_weight": 0.0,
                                    "affinity_weight": 0.0, "unlabelled": {
-                                       "split": "unlabelled", "share": 0.5, "target": target,
+                                       "split": "unlabelled", "ratio": 1, "target": target,
                                        "threshold": threshold, "weight": weight}})
     segmentation = SegmentationLoss(LossConfig(1.0, 1.0, 1.0, 0.0), 3)
     output, batch = unlabelled_batch()

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from pvkd.cli import app
 from pvkd.distill.cache import CacheConfig, make_cache
 from pvkd.shards import ProcessedData
-from pvkd.train.checkpoint import load_model, save_atomic
+from pvkd.train.checkpoint import load_model, save_atomic, trained_on
 
 from train_fixtures import ROOT, make_processed, save_teacher
 
@@ -65,8 +65,8 @@ def test_a_pvkd_student_trains_with_all_four_terms(setup, tmp_path, mode):
     done = distill(root, processed, params, "pvkd", tmp_path)
     assert done.exit_code == 0, done.output
     model, record = load_model(tmp_path / "pvkd.pt")
-    assert model.width == 2 and record["step"] == 2 and record["shards_hash"] == ProcessedData(processed).meta[
-        "shards_hash"]
+    assert model.width == 2 and record["step"] == 2
+    assert record["data_hashes"] == ProcessedData(processed).hashes(["train", "val"])
     assert logged_terms(tmp_path / "pvkd") == set(TERMS)
     assert ("online teacher" in done.output) == (mode == "online")
 
@@ -141,16 +141,16 @@ def unlabelled_setup(tmp_path_factory):
 
 
 def shards_read(monkeypatch) -> set[str]:
-    """The prefixes of the shard files training reads scans from (``train``, ``unlabelled``, ``val``)."""
+    """The splits whose shard files training reads scans from (``train``, ``unlabelled``, ``val``)."""
     import pvkd.train.data as data
 
     seen, read = set(), data.read_scan
-    monkeypatch.setattr(data, "read_scan", lambda path, *a, **k: seen.add(Path(path).name.split("-")[0]) or read(
+    monkeypatch.setattr(data, "read_scan", lambda path, *a, **k: seen.add(Path(path).parent.parent.name) or read(
         path, *a, **k))
     return seen
 
 
-UNLABELLED = {"split": "unlabelled", "share": 0.5, "target": "hard", "threshold": 0.0, "weight": 1.0}
+UNLABELLED = {"split": "unlabelled", "ratio": 1, "target": "hard", "threshold": 0.0, "weight": 1.0}
 
 
 def test_distilled_students_learn_from_unlabelled_scans_and_the_baseline_never_reads_them(
@@ -186,16 +186,21 @@ def test_distilled_students_learn_from_unlabelled_scans_and_the_baseline_never_r
     assert seen == {"train", "unlabelled", "val"} and "online teacher" in done.output
 
 
-def test_scoring_a_model_on_scans_it_trained_on_is_refused(unlabelled_setup):
+def test_scoring_a_model_on_sequences_it_trained_on_is_refused_unless_allowed(unlabelled_setup):
     from pvkd.errors import DataError
-    from pvkd.evaluate import refuse_trained_on, scans_trained_on
+    from pvkd.evaluate import leak_guard, sequences_trained_on
 
     _, processed = unlabelled_setup
     data = ProcessedData(processed)
-    record = {"train_splits": ["train", "unlabelled"]}
-    assert scans_trained_on(record, data, "val") == 0
-    refuse_trained_on(record, data, "val", Path("m.pt"))  # held out: fine
-    assert scans_trained_on(record, data, "unlabelled") == 3
-    with pytest.raises(DataError, match="trained on 3 scan"):
-        refuse_trained_on(record, data, "unlabelled", Path("m.pt"))
-    assert scans_trained_on({}, data, "train") == 4  # records from before train_splits: the train split
+    record = trained_on({}, data, ["train", "unlabelled"])
+    assert record["train_sequences"] == ["00", "03"]
+    assert leak_guard(record, data, "val", Path("m.pt"), allow=False) == []  # held out: fine
+    assert sequences_trained_on(record, data, "unlabelled") == ["03"]
+    with pytest.raises(DataError, match="trained on scans of 1 sequence.*unlabelled split \\(03;.*--allow-trained-on"):
+        leak_guard(record, data, "unlabelled", Path("m.pt"), allow=False)
+    assert leak_guard(record, data, "unlabelled", Path("m.pt"), allow=True) == ["03"]
+    # by sequence, not by file: scans of a val sequence that are not val's files (nuScenes sweeps of the val
+    # scenes) count, as a record that trained on other scans of sequence 08 shows
+    assert sequences_trained_on({"train_sequences": ["00", "08"]}, data, "val") == ["08"]
+    # records from before train_sequences: the sequences of their train_splits in the data
+    assert sequences_trained_on({}, data, "train") == ["00"]

@@ -39,7 +39,8 @@ NAMES = ("ignored", "a", "b", "c")
 RECORD = {"dataset": "semantickitti", "class_names": list(NAMES), "model": {"arch": "cylinder3d", "width": 4}}
 COST = {"params_m": 1.0, "macs_g": 2.0, "latency_ms": 3.0}
 KEYS = ["role", "description", "arch", "width", "miou", "miou_voxel_head", "accuracy", "iou", "miou_by_distance",
-        "params_m", "macs_g", "latency_ms", "tta", "val_scans", "train_splits", "augmentation"]
+        "params_m", "macs_g", "latency_ms", "tta", "val_scans", "train_splits", "augmentation",
+        "trained_on_scored_sequences"]
 
 
 def scan(points: list[tuple]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

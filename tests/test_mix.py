@@ -32,10 +32,13 @@ def source(out: mix.Scan) -> tuple[np.ndarray, np.ndarray]:
 
 
 def follows(out: mix.Scan, scans: dict[int, mix.Scan]) -> bool:
-    """Every output point carries the label, intensity and teacher row of the source point it names."""
+    """Every output point carries the label, intensity and teacher row of the source point it names (an empty
+    output shows nothing: it does not follow)."""
     tags, rows = source(out)
+    if len(tags) == 0:
+        return False
     for key in ("label", "intensity", "teacher_records"):
-        expected = np.stack([scans[t][key][r] for t, r in zip(tags, rows)]) if len(tags) else out[key]
+        expected = np.stack([scans[t][key][r] for t, r in zip(tags, rows)])
         if not np.array_equal(out[key], expected):
             return False
     return True
@@ -67,19 +70,29 @@ def test_scan_objects_split_a_class_into_components_and_drop_small_ones():
     assert found[1]["center_x"] == pytest.approx(person_2[:, 0].mean(), rel=1e-6)
 
 
+def at_inclinations(degrees, distance):
+    angles = np.deg2rad(np.asarray(degrees, dtype=np.float64))
+    return np.stack([distance * np.cos(angles), np.zeros(len(angles)), distance * np.sin(angles)], 1)
+
+
 def test_laser_mix_takes_even_bands_from_the_scan_and_odd_ones_from_the_partner():
-    # points at inclinations -20, -10, 0 and +10 degrees (range 10 m); two bands split at -5
-    angles = np.deg2rad([-20.0, -10.0, 0.0, 10.0])
-    xyz = np.stack([10 * np.cos(angles), np.zeros(4), 10 * np.sin(angles)], 1)
+    # points at inclinations -20, -10, 0 and +10 degrees; the sensor's range [-25, 15]: two bands split at -5
+    pitch = (-25.0, 15.0)
+    xyz = at_inclinations([-20.0, -10.0, 0.0, 10.0], 10)
     a, b = scan(xyz, [ROAD, ROAD, CAR, CAR], 1), scan(xyz * 2, [ROAD, PERSON, BUILDING, BUILDING], 2)
-    out = mix.laser_mix(a, b, (2,), np.random.default_rng(0))
+    out = mix.laser_mix(a, b, (2,), pitch, np.random.default_rng(0))
     tags, rows = source(out)
     assert list(zip(tags, rows)) == [(1, 0), (1, 1), (2, 2), (2, 3)]
     assert follows(out, {1: a, 2: b})
     assert np.array_equal(out["xyz"], np.concatenate([a["xyz"][:2], b["xyz"][2:]]))
-    # four bands: a keeps bands 0 and 2, b gives 1 and 3
-    tags4, _ = source(mix.laser_mix(a, b, (4,), np.random.default_rng(0)))
-    assert sorted(tags4.tolist()) == [1, 1, 2, 2]
+    # four bands (edges -15, -5, 5): a keeps its points of bands 0 and 2, b gives its points of bands 1 and 3
+    out4 = mix.laser_mix(a, b, (4,), pitch, np.random.default_rng(0))
+    assert list(zip(*source(out4))) == [(1, 0), (1, 2), (2, 1), (2, 3)]
+    # the bands are the sensor's, not the points': scans within [-10, -6] lie in band 1 of 4 whatever they span
+    narrow = at_inclinations([-10.0, -8.0, -6.0], 10)
+    out_narrow = mix.laser_mix(scan(narrow, [ROAD] * 3, 1), scan(narrow, [CAR] * 3, 2), (4,), pitch,
+                               np.random.default_rng(0))
+    assert list(zip(*source(out_narrow))) == [(2, 0), (2, 1), (2, 2)]
 
 
 def test_polar_mix_swaps_a_sector_and_adds_turned_copies_of_the_partners_objects():
@@ -99,11 +112,16 @@ def test_polar_mix_swaps_a_sector_and_adds_turned_copies_of_the_partners_objects
     # the copies: b's person points, turned about z (range and height kept, azimuth moved)
     copies = out["xyz"][base:].reshape(2, 10, 3)
     person = b["xyz"][b_label == PERSON]
-    for copy in copies:
+    # copy j is turned by an angle drawn in its own interval [j, j + 1) x 2 pi / 3: the draws of the same stream
+    draws = np.random.default_rng(5)
+    draws.uniform(-np.pi, np.pi)  # the sector's start
+    expected = [draws.uniform(j, j + 1) * 2 * np.pi / 3 for j in range(2)]
+    for j, copy in enumerate(copies):
         assert np.allclose(np.hypot(copy[:, 0], copy[:, 1]), np.hypot(person[:, 0], person[:, 1]), atol=1e-4)
         assert np.allclose(copy[:, 2], person[:, 2])
         turn = np.mod(np.arctan2(copy[:, 1], copy[:, 0]) - np.arctan2(person[:, 1], person[:, 0]), 2 * np.pi)
-        assert np.allclose(turn, turn[0], atol=1e-4) and 0 < turn[0] < 4 * np.pi / 3
+        assert np.allclose(turn, expected[j], atol=1e-4)
+        assert j * 2 * np.pi / 3 <= turn[0] < (j + 1) * 2 * np.pi / 3
     assert (out["label"][base:] == PERSON).all()
 
 
@@ -159,7 +177,7 @@ def test_bank_round_trip_and_its_shards_check(processed, tmp_path):
         assert row["split"] == "train"
     bank.write(tmp_path / "objects.parquet")
     back = ObjectBank.read(tmp_path / "objects.parquet")
-    assert back.classes == ("car",) and back.shards_hash == data.meta["shards_hash"]
+    assert back.classes == ("car",) and back.shards_hash == data.shards_hash("train")
     assert back.table["rows"].map(list).tolist() == bank.table["rows"].map(list).tolist()
     back.check(data, "objects.parquet")
     with pytest.raises(DataError, match="other shards"):

@@ -14,10 +14,6 @@ teacher and cache but not DVC's run-cache, which would otherwise restore the stu
 
 import hashlib
 import json
-import os
-import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -25,59 +21,26 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def sh(*args, cwd):
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
-    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
-    assert done.returncode == 0, f"{args} failed:\n{done.stdout}\n{done.stderr}"
-    return done.stdout + done.stderr
+from dvc_repo import BASELINE_DISTILL, TINY_STUDENT, make_repo, sh, stages_run, tiny_params
 
 
 @pytest.fixture
 def repo(tmp_path):
-    for name in ("dvc.yaml", ".dvcignore", "pvkd", "stages", "bench/results"):  # the report reads the studies
-        src = ROOT / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
-    (tmp_path / ".dvc").mkdir()
-    shutil.copy(ROOT / ".dvc/config", tmp_path / ".dvc/config")
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
     # street 01 is written without labels and distilled on as the unlabelled split
     splits = {"train": ["00"], "unlabelled": ["01"], "val": ["08"]}
-    params["synth"].update(sequences=splits, scans_per_sequence=2, workers=1)
-    params["data"]["splits"] = splits
-    params["preprocess"].update(workers=1, splits=["train", "val", "unlabelled"])
-    params["teacher"]["model"]["width"] = 2
-    params["teacher"]["train"] = {"epochs": 1}
-    params["cache"].update(feature_scans=1, batch_size=1, splits=["train", "unlabelled"])
+    students = {"pvkd": {"description": "PVKD", "model": TINY_STUDENT},
+                "baseline": {"description": "no distillation", "model": TINY_STUDENT, "distill": BASELINE_DISTILL}}
+    params = tiny_params(splits, ["train", "val", "unlabelled"], ["train", "unlabelled"], students)
     params["distill"]["unlabelled"]["split"] = "unlabelled"
-    student = {"arch": "cylinder3d", "width": 2}
-    params["students"] = {
-        "pvkd": {"description": "PVKD", "model": student},
-        "baseline": {"description": "no distillation", "model": student,
-                     "distill": {"point_weight": 0.0, "voxel_weight": 0.0, "affinity_weight": 0.0,
-                                 "unlabelled": {"weight": 0.0}}},
-    }
-    params["evaluate"].update(cost_scans=1, latency_runs=1, batch_size=1)
     # every mixing transform on: the teacher and the students train on pasted and mixed scans (cache rows follow)
-    params["objects"]["classes"] = ["car", "person"]
     for name in ("paste", "polarmix", "lasermix"):
         params["train"]["augment"][name]["probability"] = 1.0
-    params["train"].update(batch_size=1, val_every=0, checkpoint_every=0, workers=0, threads=1, processes=1,
-                           device="cpu")
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    shutil.copy(ROOT / ".gitignore", tmp_path / ".gitignore")  # git tracks exactly what a user's repository tracks
-    sh("git", "init", "-q", cwd=tmp_path)
-    sh("git", "add", "-A", cwd=tmp_path)
-    sh("git", "commit", "-qm", "tiny", cwd=tmp_path)
-    return tmp_path
+    return make_repo(tmp_path, params)
 
 
-STAGES = ("synth", "preprocess", "objects", "teacher-train", "cache-logits", "student-config@pvkd",
-          "student-config@baseline", "distill@pvkd", "distill@baseline", "evaluate", "report")
+STAGES = ("synth", "preprocess-config", "preprocess@train", "preprocess@val", "preprocess@unlabelled", "objects",
+          "teacher-config", "teacher-train", "cache-logits", "student-config@pvkd", "student-config@baseline",
+          "distill@pvkd", "distill@baseline", "evaluate", "report")
 
 
 def tree_digest(folder: Path) -> dict[str, str]:
@@ -87,15 +50,16 @@ def tree_digest(folder: Path) -> dict[str, str]:
 
 def test_repro_then_noop_then_experiments(repo):
     first = sh("dvc", "repro", cwd=repo)
-    assert all(f"Running stage '{stage}'" in first for stage in STAGES)
-    meta = json.loads((repo / "data/processed/meta.json").read_text())
-    assert meta["splits"]["train"]["scans"] == 2 and meta["splits"]["val"]["scans"] == 2
-    assert meta["splits"]["unlabelled"]["scans"] == 2 and not meta["splits"]["unlabelled"]["labelled"]
+    assert stages_run(first) == set(STAGES), first
+    meta = {s: json.loads((repo / f"data/processed/{s}/meta.json").read_text())["summary"]
+            for s in ("train", "val", "unlabelled")}
+    assert meta["train"]["scans"] == 2 and meta["val"]["scans"] == 2
+    assert meta["unlabelled"]["scans"] == 2 and not meta["unlabelled"]["labelled"]
     assert not (repo / "data/raw/synthetic/sequences/01/labels").exists()
     assert torch.load(repo / "models/pvkd.pt", weights_only=True)["train_splits"] == ["train", "unlabelled"]
     assert torch.load(repo / "models/baseline.pt", weights_only=True)["train_splits"] == ["train"]
     teacher = torch.load(repo / "models/teacher.pt", weights_only=True)
-    assert teacher["shards_hash"] == meta["shards_hash"] and teacher["step"] == 2
+    assert teacher["data_hashes"] == {s: meta[s]["shards_hash"] for s in ("train", "val")} and teacher["step"] == 2
     shown = sh("dvc", "metrics", "show", cwd=repo)
     assert "dvclive/teacher/metrics.json" in shown and "metrics/evaluate.json" in shown
     assert list(json.loads((repo / "metrics/evaluate.json").read_text())) == ["teacher", "pvkd", "baseline"]
@@ -120,16 +84,17 @@ def test_repro_then_noop_then_experiments(repo):
     assert (clone / "models/teacher.pt").read_bytes() == (repo / "models/teacher.pt").read_bytes()
 
     exp = sh("dvc", "exp", "run", "-S", "distill.affinity_weight=0.5", cwd=clone)
-    ran = {stage for stage in STAGES if f"Running stage '{stage}'" in exp}
     # the baseline sets affinity_weight 0 itself: its effective config, and so its model, stay
-    assert ran == {"student-config@pvkd", "student-config@baseline", "distill@pvkd", "evaluate", "report"}, exp
+    assert stages_run(exp) == {"student-config@pvkd", "student-config@baseline", "distill@pvkd", "evaluate",
+                               "report"}, exp
     assert "Stage 'distill@baseline' didn't change, skipping" in exp
     assert "Stage 'cache-logits' didn't change, skipping" in exp
     assert tree_digest(clone / "data/teacher_cache") == cache
 
     exp = sh("dvc", "exp", "run", "-S", "synth.seed=1", cwd=repo)
-    assert all(f"Running stage '{stage}'" in exp for stage in ("synth", "preprocess", "teacher-train"))
-    assert json.loads((repo / "data/processed/meta.json").read_text())["shards_hash"] != meta["shards_hash"]
+    assert {"synth", "preprocess@train", "teacher-train"} <= stages_run(exp)
+    assert json.loads((repo / "data/processed/train/meta.json").read_text())["summary"]["shards_hash"] != meta[
+        "train"]["shards_hash"]
 
 
 def exp_file(repo: Path, name: str, path: str) -> str:

@@ -59,8 +59,8 @@ def test_one_row_group_per_scan_and_index(processed):
     _, data, meta = processed
     idx = data.index
     assert idx.scan_id.tolist() == ["00/000000", "00/000001", "00/000002", "01/000000", "08/000000", "08/000001"]
-    assert idx.shard.tolist() == ["shards/train-00000.parquet"] * 2 + ["shards/train-00001.parquet"] * 2 + [
-        "shards/val-00000.parquet"
+    assert idx.shard.tolist() == ["train/shards/00000.parquet"] * 2 + ["train/shards/00001.parquet"] * 2 + [
+        "val/shards/00000.parquet"
     ] * 2
     for shard, rows in idx.groupby("shard"):
         f = pq.ParquetFile(data.root / shard)
@@ -110,25 +110,29 @@ def test_band_edges_are_half_open():
 def test_parallel_workers_write_identical_shards(tmp_path, processed):
     _, data, meta = processed
     meta2 = run(data.root.parent / "raw", tmp_path / "parallel", workers=2)
-    assert meta2["shards_hash"] == meta["shards_hash"]
+    assert meta2["splits"] == meta["splits"]  # the shards' hash of each split included
 
 
 @pytest.mark.parametrize(
-    "corrupt, message",
+    "corrupt, message, bad",
     [
-        (lambda r: _truncate(r / "sequences/08/velodyne/000001.bin", 5), "000001.bin: size"),
-        (lambda r: _truncate(r / "sequences/08/labels/000001.label", 4), "000001.label: 500 labels"),
-        (lambda r: _set_label(r / "sequences/00/labels/000002.label", 77), r"raw label id\(s\) \[77\]"),
+        (lambda r: _truncate(r / "sequences/08/velodyne/000001.bin", 5), "000001.bin: size", "val"),
+        (lambda r: _truncate(r / "sequences/08/labels/000001.label", 4), "000001.label: 500 labels", "val"),
+        (lambda r: _set_label(r / "sequences/00/labels/000002.label", 77), r"raw label id\(s\) \[77\]", "train"),
     ],
 )
-def test_bad_input_leaves_no_output(tmp_path, corrupt, message):
+def test_bad_input_leaves_no_output_of_its_split(tmp_path, corrupt, message, bad):
     write_tree(tmp_path / "raw", {"00": 3, "01": 1, "08": 2})
     corrupt(tmp_path / "raw")
     out = tmp_path / "processed"
     for workers in (1, 2):
         with pytest.raises(DataError, match=message):
             run(tmp_path / "raw", out, workers=workers)
-        assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]
+        # splits are written in order, each whole: a split before the bad one is complete, the bad one absent
+        written = sorted(p.name for p in out.iterdir()) if out.exists() else []
+        assert written == (["train"] if bad == "val" else [])
+        if written:
+            assert ProcessedData(out).meta["splits"]["train"]["scans"] == 4
 
 
 def test_failed_run_keeps_the_previous_output(tmp_path):
@@ -138,7 +142,36 @@ def test_failed_run_keeps_the_previous_output(tmp_path):
     _truncate(tmp_path / "raw/sequences/08/velodyne/000000.bin", 1)
     with pytest.raises(DataError):
         run(tmp_path / "raw", out)
-    assert ProcessedData(out).meta["shards_hash"] == meta["shards_hash"]
+    assert ProcessedData(out).meta["splits"] == meta["splits"]
+
+
+def test_a_split_added_later_leaves_the_other_splits_untouched(tmp_path):
+    write_tree(tmp_path / "raw", {"00": 1, "01": 1, "08": 1})
+    out = tmp_path / "processed"
+    run(tmp_path / "raw", out)
+    before = {f: (f.read_bytes(), f.stat().st_mtime_ns) for f in out.rglob("*") if f.is_file()}
+    ds = SemanticKITTI(tmp_path / "raw", splits={**SPLITS, "u": ["01"]})
+    preprocess(ds, GRID, out, ["u"], BANDS, scans_per_shard=2)
+    assert {f: (f.read_bytes(), f.stat().st_mtime_ns) for f in before} == before
+    data = ProcessedData(out)
+    assert sorted(data.meta["splits"]) == ["train", "u", "val"] and data.scans("u").scan_id.tolist() == ["01/000000"]
+    assert data.hashes(["train"]) == {"train": data.meta["splits"]["train"]["shards_hash"]}
+
+
+def test_splits_preprocessed_with_other_params_are_refused(tmp_path):
+    write_tree(tmp_path / "raw", {"00": 1, "01": 1, "08": 1})
+    out = tmp_path / "processed"
+    run(tmp_path / "raw", out)
+    other = Grid("cylinder", (24, 36, 8), GRID.min_bound, GRID.max_bound)
+    preprocess(SemanticKITTI(tmp_path / "raw", splits={"u": ["01"]}), other, out, ["u"], BANDS)
+    with pytest.raises(DataError, match=r"u/meta.json and .*train/meta.json differ in \['grid'\]"):
+        ProcessedData(out)
+
+
+def test_the_old_one_folder_layout_is_refused_with_the_fix(tmp_path):
+    (tmp_path / "meta.json").write_text("{}")
+    with pytest.raises(DataError, match="old one-folder layout; run `dvc repro`"):
+        ProcessedData(tmp_path)
 
 
 def _truncate(path, nbytes):

@@ -1,63 +1,99 @@
-"""params.yaml and the full-size profiles beside it stay in step."""
+"""params.yaml and the full-size profiles (profiles/*.yaml: only what differs, merged by `pvkd profile`)."""
 
+import shutil
 from pathlib import Path
 
 import pytest
 import yaml
+from typer.testing import CliRunner
 
+from pvkd.cli import app
 from pvkd.distill.cache import CacheConfig
 from pvkd.distill.objective import DistillConfig
 from pvkd.evaluate import EvalConfig
 from pvkd.grid import grid_from_params
+from pvkd.params import NAMED, profile_params
 from pvkd.synth import SynthConfig
-from pvkd.train.config import merge_sections
+from pvkd.train.config import TrainConfig, merge_sections
 
 ROOT = Path(__file__).resolve().parents[1]
-PROFILES = ["params-semantickitti.yaml", "params-nuscenes.yaml", "params-synth64.yaml"]
+PROFILES = ["semantickitti", "nuscenes", "synth64"]
 
 
 def load(name):
     return yaml.safe_load((ROOT / name).read_text())
 
 
+def merged(name):
+    return profile_params(ROOT / "profiles" / f"{name}.yaml", ROOT / "params.yaml")
+
+
 def key_paths(tree, prefix=""):
-    """Dotted paths of every key, descending into sections (leaves: values, lists, null splits)."""
+    """Dotted paths of every key, descending into sections (not into those holding names: splits, sequences)."""
     paths = set()
     for key, value in tree.items():
         paths.add(prefix + key)
-        if isinstance(value, dict) and key not in ("splits", "sequences"):
+        if isinstance(value, dict) and key not in NAMED and prefix + key != "students":
             paths |= key_paths(value, prefix + key + ".")
     return paths
 
 
 @pytest.mark.parametrize("name", PROFILES)
-def test_profile_has_every_key_of_params(name):
-    assert key_paths(load(name)) == key_paths(load("params.yaml"))
+def test_a_profile_only_sets_keys_params_yaml_has(name):
+    # a typo in a profile would otherwise add a key nothing reads
+    assert key_paths(load(f"profiles/{name}.yaml")) <= key_paths(load("params.yaml"))
 
 
-@pytest.mark.parametrize("name", ["params.yaml", *PROFILES])
+@pytest.mark.parametrize("name", [None, *PROFILES])
 def test_profile_values_are_valid(name):
-    p = load(name)
+    p = load("params.yaml") if name is None else merged(name)
     SynthConfig.from_dict(p["synth"])
     grid_from_params(p["grid"])
     assert p["data"]["dataset"] in ("semantickitti", "nuscenes")
     CacheConfig.from_dict(p["cache"])
     EvalConfig.from_dict(p["evaluate"])
-    for name, student in p["students"].items():
-        DistillConfig.from_dict(merge_sections(p["distill"], student.get("distill")), where=name)
+    TrainConfig.from_dict(merge_sections(p["train"], p["teacher"].get("train")))
+    for student, section in p["students"].items():
+        DistillConfig.from_dict(merge_sections(p["distill"], section.get("distill")), where=student)
+        TrainConfig.from_dict(merge_sections(p["train"], section.get("train")), where=student)
 
 
-@pytest.mark.parametrize("name", ["params.yaml", "params-synth64.yaml"])
+@pytest.mark.parametrize("name", [None, "synth64"])
 def test_synthetic_profiles_read_what_synth_writes(name):
-    p = load(name)
+    p = load("params.yaml") if name is None else merged(name)
     assert p["data"]["root"] == "data/raw/synthetic"
     assert p["data"]["splits"] == p["synth"]["sequences"]
 
 
-def test_full_profiles_use_the_papers_grid():
+def test_full_profiles_use_the_papers_grid_and_widths():
     for name in PROFILES:
-        assert load(name)["grid"]["cylinder"]["size"] == [480, 360, 32]
+        p = merged(name)
+        assert p["grid"]["cylinder"]["size"] == [480, 360, 32] and p["teacher"]["model"]["width"] == 32
+        # a section merges key by key: the students keep their descriptions and distill weights, at width 16
+        assert {s["model"]["width"] for s in p["students"].values()} == {16}
+        assert p["students"]["baseline"]["distill"] == load("params.yaml")["students"]["baseline"]["distill"]
+
+
+def test_named_sections_are_replaced_whole():
+    # the SemanticKITTI profile's synth writes one train street, not the default's val streets too
+    assert merged("semantickitti")["synth"]["sequences"] == {"train": ["00"]}
+    assert merged("semantickitti")["data"]["splits"] is None  # null: the official split
 
 
 def test_synth64_profile_matches_the_generators_hdl64_profile():
-    assert SynthConfig.from_dict(load("params-synth64.yaml")["synth"]) == SynthConfig.profile("hdl64")
+    assert SynthConfig.from_dict(merged("synth64")["synth"]) == SynthConfig.profile("hdl64")
+
+
+def test_the_profile_command_writes_the_merged_params_and_keeps_comments(tmp_path):
+    params = tmp_path / "params.yaml"
+    shutil.copy(ROOT / "params.yaml", params)
+    done = CliRunner().invoke(app, ["profile", str(ROOT / "profiles/synth64.yaml"), "--params", str(params)])
+    assert done.exit_code == 0, done.output
+    assert "grid.cylinder.size" in done.output and "synth.sensor" in done.output
+    assert yaml.safe_load(params.read_text()) == merged("synth64")
+    assert yaml.safe_load(params.read_text())["data"]["splits"]["val"] == ["08"]  # a string, quotes kept
+    text = params.read_text()
+    assert "the paper's teacher is 32 (full profiles)" in text  # params.yaml's own comments survive
+    # applying it again changes nothing
+    again = CliRunner().invoke(app, ["profile", str(ROOT / "profiles/synth64.yaml"), "--params", str(params)])
+    assert "0 key(s)" in again.output and params.read_text() == text

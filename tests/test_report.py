@@ -296,7 +296,7 @@ def test_sparse_inputs_give_notes_never_a_crash(tmp_path):
     csv = pd.read_csv(paths["eval"] / "per_class_iou.csv")
     csv[csv["model"] != "minkunet"].to_csv(paths["eval"] / "per_class_iou.csv", index=False)
     (paths["eval"] / "distance_miou.csv").unlink()
-    (paths["data"] / "stats.parquet").unlink()
+    shutil.rmtree(paths["data"])
     shutil.rmtree(paths["live"], ignore_errors=True)
     report = build(paths)
     notes = "\n".join(report.notes)
@@ -304,7 +304,7 @@ def test_sparse_inputs_give_notes_never_a_crash(tmp_path):
     assert "mIoU by distance: minkunet: no mIoU by distance" in notes
     assert "mIoU by distance: hinton" in notes  # its CSV fallback is gone too
     assert "the picture needs the teacher's and a student's predictions" in notes
-    assert "stats.parquet not found" in notes
+    assert "meta.json: not found" in notes
     assert "Training curves: teacher: no curves" in notes
     names = {p.name for p in report.figures}
     assert names == {"fig-per-class-iou.png", "fig-distance-miou.png", "fig-accuracy-cost.png"}
@@ -431,15 +431,25 @@ def test_the_data_section_leaves_unlabelled_splits_out_of_the_class_shares(tmp_p
     from pvkd.report.blocks import Columns
     from pvkd.report.sections import section_data
 
-    from report_fixtures import stats_table
+    from report_fixtures import stats_table, write_processed
 
     stats = stats_table({"train": 1000, "unlabelled": 0})
     stats.loc[(stats.split == "unlabelled") & (stats.class_id == 0), "points"] = 700  # every label 0
-    stats.to_parquet(tmp_path / "stats.parquet", index=False)
-    (tmp_path / "meta.json").write_text(json.dumps({"dataset": "semantickitti", "splits": {
-        "train": {"labelled": True, "scans": 4, "points": 1000},
-        "unlabelled": {"labelled": False, "scans": 7, "points": 4200}}}))
+    write_processed(tmp_path, stats, {"train": {"labelled": True, "scans": 4, "points": 1000},
+                                      "unlabelled": {"labelled": False, "scans": 7, "points": 4200}})
     section = section_data(tmp_path)
     assert "unlabelled (unlabelled): 7 scans" in section.blocks[0]
     table = next(b for b in section.blocks if isinstance(b, Columns)).blocks[0]
     assert table.header == ["class", "train (%)", "SemanticKITTI train (%)"]
+
+
+def test_a_model_scored_on_sequences_it_trained_on_is_marked_not_held_out():
+    from pvkd.report.inputs import headline
+
+    from report_fixtures import metrics_of
+
+    metrics = metrics_of()
+    metrics["pvkd"]["trained_on_scored_sequences"] = ["08"]  # evaluate --allow-trained-on
+    rows = {r["model"]: r["description"] for r in headline(metrics)}
+    assert rows["pvkd"] == "PVKD, Cylinder3D 0.5x [not held out: trained on 1 scored sequence(s)]"
+    assert rows["baseline"] == "no distillation, Cylinder3D 0.5x"

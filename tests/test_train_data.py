@@ -106,25 +106,32 @@ def test_worker_processes_deliver_the_same_batches(processed):
         assert torch.equal(a.points.xyz, b.points.xyz) and torch.equal(a.labels, b.labels)
 
 
-def test_unlabelled_scans_mix_in_at_their_share_without_changing_the_step_count():
-    labelled, unlabelled, share = 20, 7, 0.3
-    plain = RunBatchSampler(labelled, 1, 50, seed=3)
-    mixed = RunBatchSampler(labelled, 1, 50, seed=3, unlabelled_scans=unlabelled, unlabelled_share=share)
-    assert len(mixed) == len(plain) == 1000
-    keys = [k for b in mixed for k in b]
-    drawn = np.array([p for _, p in keys])
-    assert drawn.min() == 0 and drawn.max() == labelled + unlabelled - 1
-    assert abs((drawn >= labelled).mean() - share) < 0.04  # 1000 Bernoulli(0.3) slots: std 0.015
-    for epoch in range(50):  # each epoch: labelled scans once at most, unlabelled ones spread evenly
-        seen = [p for e, p in keys if e == epoch]
-        lab = [p for p in seen if p < labelled]
-        assert len(lab) == len(set(lab))
-        assert max(Counter(p for p in seen if p >= labelled).values(), default=0) <= 2  # at most ~6 of 7 drawn
-    resumed = RunBatchSampler(labelled, 1, 50, seed=3, unlabelled_scans=unlabelled, unlabelled_share=share,
-                              start_step=537)
-    assert list(resumed) == list(mixed)[537:]
+@pytest.mark.parametrize("batch_size, world_size, ratio", [(1, 1, 1), (2, 1, 2), (2, 2, 1)])
+def test_unlabelled_scans_are_added_after_exactly_the_baselines_labelled_scans(batch_size, world_size, ratio):
+    labelled, unlabelled, epochs = 20, 7, 5
+    for rank in range(world_size):
+        plain = RunBatchSampler(labelled, batch_size, epochs, seed=3, rank=rank, world_size=world_size)
+        added = RunBatchSampler(labelled, batch_size, epochs, seed=3, rank=rank, world_size=world_size,
+                                unlabelled_scans=unlabelled, unlabelled_ratio=ratio)
+        assert len(added) == len(plain)
+        for base, batch in zip(plain, added, strict=True):
+            # the labelled scans of every step are the baseline's, in its order; then ratio x as many unlabelled
+            assert batch[:batch_size] == base
+            assert len(batch) == batch_size * (1 + ratio)
+            assert all(labelled <= p < labelled + unlabelled for _, p in batch[batch_size:])
+        resumed = RunBatchSampler(labelled, batch_size, epochs, seed=3, rank=rank, world_size=world_size,
+                                  unlabelled_scans=unlabelled, unlabelled_ratio=ratio, start_step=7)
+        assert list(resumed) == list(added)[7:]
+    # within an epoch the unlabelled scans come as permutations: each used before any is used again
+    added = RunBatchSampler(labelled, 1, 1, seed=3, unlabelled_scans=unlabelled, unlabelled_ratio=1)
+    drawn = [batch[1][1] for batch in added]
+    assert sorted(drawn[:7]) == list(range(20, 27)) and sorted(drawn[7:14]) == list(range(20, 27))
+    # processes take disjoint unlabelled scans of a step
+    ranks = [RunBatchSampler(labelled, 1, 1, seed=3, rank=r, world_size=2, unlabelled_scans=unlabelled,
+                             unlabelled_ratio=1).batch(0) for r in range(2)]
+    assert ranks[0][1] != ranks[1][1]
     with pytest.raises(Exception, match="unlabelled"):
-        RunBatchSampler(labelled, 1, 2, seed=3, unlabelled_share=0.5)
+        RunBatchSampler(labelled, 1, 2, seed=3, unlabelled_ratio=1)
 
 
 def test_unlabelled_splits_come_after_the_labelled_ones_without_labels(tmp_path):

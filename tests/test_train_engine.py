@@ -59,7 +59,8 @@ def test_a_run_learns_and_writes_its_records(processed, uninterrupted):
     last = load(folder / "ckpt" / "last.pt")
     assert last["finished"] and last["step"] == 9
     meta = ProcessedData(processed).meta
-    assert last["shards_hash"] == meta["shards_hash"] and last["model"]["num_classes"] == meta["num_classes"]
+    assert last["data_hashes"]["train"] == meta["splits"]["train"]["shards_hash"]
+    assert last["model"]["num_classes"] == meta["num_classes"]
     best = load(folder / "ckpt" / "best.pt")
     assert best["step"] == result.best["step"] and best["val"]["miou"] == pytest.approx(result.best["miou"])
     # dvclive: metrics.json with the best validation, one tsv per series
@@ -150,4 +151,5 @@ def test_model_for_data_takes_the_classes_and_grid_of_the_shards(processed):
     data = ProcessedData(processed)
     model, info = model_for_data(TEACHER, data)
     assert model.grid == data.grid and model.num_classes == 20
-    assert tuple(info["grid"]["size"]) == data.grid.size and info["shards_hash"] == data.meta["shards_hash"]
+    assert tuple(info["grid"]["size"]) == data.grid.size
+    assert info["data_hashes"] == {s: data.meta["splits"][s]["shards_hash"] for s in ("train", "val")}

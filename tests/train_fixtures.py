@@ -61,20 +61,28 @@ def augment_config(**overrides) -> AugmentConfig:
 
 
 def make_trainer(processed: Path, cfg: TrainConfig, dist: DistInfo = DistInfo(), **options) -> Trainer:
-    """The teacher's trainer on a tiny processed folder: a width-4 Cylinder3D, seeded as the stage seeds it."""
+    """The teacher's trainer on a tiny processed folder: a width-4 Cylinder3D, seeded as the stage seeds it
+    (with ``cfg.semi`` on, semi-supervised on that split, as teacher-train builds it)."""
+    from pvkd.train.semi import semi_supervised
+
     seed_everything(cfg.seed)
     data = ProcessedData(processed)
     model, info = model_for_data(TEACHER, data)
-    loss = SegmentationLoss.for_data(cfg.loss, data)
+    loss, semi, unlabelled = SegmentationLoss.for_data(cfg.loss, data), None, []
+    if cfg.semi.on:
+        loss, semi = semi_supervised(cfg, model, loss)
+        unlabelled = [cfg.semi.split]
+    train_set = ScanDataset(processed, ["train", *unlabelled], cfg.augment, cfg.seed, unlabelled=unlabelled)
     return Trainer(
-        model, loss.on_batch, ScanDataset(processed, "train", cfg.augment, cfg.seed), ScanDataset(processed, "val"),
-        cfg, info, dist=dist, device=CPU, show_progress=False, **options,
+        model, loss.on_batch, train_set, ScanDataset(processed, "val"),
+        cfg, info, dist=dist, device=CPU, show_progress=False, semi=semi,
+        unlabelled_ratio=cfg.semi.ratio if semi else 0, **options,
     )
 
 
 def save_teacher(processed: Path, path: Path) -> Path:
     """An untrained width-4 teacher record of a processed folder (seeded: the same weights every time)."""
     torch.manual_seed(0)
-    model, info = model_for_data(TEACHER, ProcessedData(processed))
+    model, info = model_for_data(TEACHER, ProcessedData(processed), reads=("train",))
     save_atomic(model_record(model.state_dict(), info, step=0), path)
     return path

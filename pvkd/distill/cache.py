@@ -24,20 +24,18 @@ Layout (``data/teacher_cache``)::
 
     manifest.json                 format, teacher and shards hashes, grid, classes, codecs, scans
     projection.pt                 {"point": (F_p, d), "voxel": (F_v, d)} float32
-    shards/train-00000.parquet    one per shard of the cached splits, same row groups (one per scan), same rows
+    <split>/shards/00000.parquet  one per shard of the cached splits, same row groups (one per scan), same rows
 
 Each column is a ``fixed_size_binary`` holding one point's encoded record, so a row group reads
 back as one contiguous buffer viewed as a numpy array (no per-value decoding). Shards are written
 under temporary names and renamed; the manifest is marked complete last. A run that stops half
-way resumes: shards already written under the same key (teacher, shards, ``cache`` params) are
-kept.
+way resumes, and a run with more ``cache.splits`` computes only the new splits: shards already
+written under the same key (teacher, the split's shards, ``cache`` params) are kept.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import shutil
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -52,7 +50,7 @@ import torch
 
 from pvkd.atomic import atomic_path
 from pvkd.errors import DataError, ParamsError
-from pvkd.shards import ProcessedData
+from pvkd.shards import ProcessedData, check_hashes, files_hash
 from pvkd.train.config import section_fields
 
 CACHE_FORMAT = "pvkd-teacher-cache/1"
@@ -183,11 +181,7 @@ def fit_projection(features: list[torch.Tensor], dim: int) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------------------------- files
 def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return files_hash([Path(path)])
 
 
 def _write_json_atomic(obj: dict, path: Path) -> None:
@@ -236,9 +230,7 @@ class TeacherCache:
             raise DataError(f"{path}: format {m.get('format')!r}, expected {CACHE_FORMAT}; {rerun}")
         if not m.get("complete"):
             raise DataError(f"{path}: the cache is incomplete (an interrupted run); {rerun} to finish it")
-        if m["shards_hash"] != data.meta["shards_hash"]:
-            raise DataError(f"{path}: made from other shards ({m['shards_hash'][:12]}, the data is "
-                            f"{data.meta['shards_hash'][:12]}); {rerun}")
+        check_hashes(m["data_hashes"], data, str(path), rerun)
         if teacher_sha256 is not None and m["teacher_sha256"] != teacher_sha256:
             raise DataError(f"{path}: made by another teacher checkpoint ({m['teacher_sha256'][:12]}, the teacher is "
                             f"{teacher_sha256[:12]}); {rerun}")
@@ -287,7 +279,7 @@ def build_manifest(cfg: CacheConfig, teacher_record: dict, teacher_sha256: str, 
         "teacher_sha256": teacher_sha256,
         "teacher_model": teacher_record["model"],
         "teacher_step": teacher_record.get("step"),
-        "shards_hash": data.meta["shards_hash"],
+        "data_hashes": data.hashes(cfg.splits),
         "grid": teacher_record["grid"],
         "num_classes": int(data.meta["num_classes"]),
         "class_names": list(data.meta["class_names"]),
@@ -301,10 +293,16 @@ def build_manifest(cfg: CacheConfig, teacher_record: dict, teacher_sha256: str, 
     }
 
 
-def same_run(a: dict, b: dict) -> bool:
-    """Whether two manifests describe the same cache content (so finished shards can be kept)."""
-    keys = ("format", "teacher_sha256", "shards_hash", *CONTENT_KEYS)
-    return all(a.get(k) == b.get(k) for k in keys)
+def reusable_splits(previous: dict, current: dict) -> set[str]:
+    """The splits whose finished shards in an earlier cache (finished or not) hold what ``current`` would write.
+
+    The same teacher and codecs, and the split's shards unchanged; the list of cached splits may differ, so
+    adding an unlabelled split to cache.splits computes that split only."""
+    keys = ("format", "teacher_sha256", *(k for k in CONTENT_KEYS if k != "splits"))
+    if any(previous.get(k) != current.get(k) for k in keys):
+        return set()
+    old, new = previous.get("data_hashes", {}), current["data_hashes"]
+    return {split for split, digest in new.items() if old.get(split) == digest}
 
 
 def write_shard(path: Path, columns: list[dict[str, np.ndarray]]) -> None:
@@ -353,23 +351,22 @@ def make_cache(
         raise DataError(f"cache.splits {missing}: not in {data.root} (its splits: {sorted(present)}); "
                         "add them to preprocess.splits and data.splits, or remove them from cache.splits")
     model, record = load_model(teacher_path, device)
-    if record["shards_hash"] != data.meta["shards_hash"]:
-        raise DataError(f"{teacher_path}: trained on other shards than {data.root} "
-                        "(the data changed since); run `dvc repro teacher-train` first")
+    check_hashes(record["data_hashes"], data, str(teacher_path), "run `dvc repro teacher-train` first")
     manifest = build_manifest(cfg, record, file_sha256(teacher_path), data)
     # every scan, empty ones too: the cache's row groups are the shards' row groups
     dataset = ScanDataset(data.root, cfg.splits, keep_empty=True)
     rows = dataset.rows
     manifest["scans"] = [{"shard": r.shard, "row_group": int(r.row_group), "num_points": int(r.num_points)}
                          for r in rows.itertuples()]
-    done = _resumable_shards(out, manifest)
+    kept_splits = _reusable(out, manifest)
+    done = set(kept_splits["shards"])
     out.mkdir(parents=True, exist_ok=True)
     manifest["done_shards"] = sorted(done)
     _write_json_atomic(manifest, out / "manifest.json")
 
     use_amp = device.type == "cuda"
     autocast = partial(torch.autocast, "cuda", dtype=torch.bfloat16) if use_amp else nullcontext
-    projection = _projection(out, model, dataset, cfg, device, autocast, resume=bool(done))
+    projection = _projection(out, model, dataset, cfg, device, autocast, resume="train" in kept_splits["splits"])
 
     shards = rows.groupby("shard", sort=True).groups  # shard -> positions in the cached splits
     total, finished = len(rows), int(sum(len(shards[s]) for s in done))
@@ -400,6 +397,12 @@ def make_cache(
         manifest["done_shards"] = sorted(done)
         _write_json_atomic(manifest, out / "manifest.json")
         after_shard(shard)
+    # what a student reading one split depends on: its cache shards and the projection (student-config reads it)
+    extra = [out / "projection.pt"] if projection is not None else []
+    manifest["content_hashes"] = {
+        split: files_hash(extra + [out / s for s in sorted(shards) if s.startswith(split + "/")])
+        for split in cfg.splits
+    }
     manifest["complete"] = True
     _write_json_atomic(manifest, out / "manifest.json")
     return manifest
@@ -413,20 +416,25 @@ def _empty_records(cfg: CacheConfig, num_classes: int) -> dict[str, np.ndarray]:
     return columns
 
 
-def _resumable_shards(out: Path, manifest: dict) -> set[str]:
-    """Shards an earlier, unfinished run of the same cache left complete; anything else in ``out`` is removed."""
+def _reusable(out: Path, manifest: dict) -> dict[str, set[str]]:
+    """``splits``: those an earlier run (interrupted, or with other cache.splits) left reusable, and ``shards``:
+    their finished shards. Every other file in ``out`` is removed."""
     path = out / "manifest.json"
+    splits: set[str] = set()
     if path.is_file():
-        previous = json.loads(path.read_text())
-        if same_run(previous, manifest) and not previous.get("complete"):
-            return {s for s in previous.get("done_shards", []) if (out / s).is_file()}
+        splits = reusable_splits(json.loads(path.read_text()), manifest)
+    previous = json.loads(path.read_text()) if splits else {}
+    shards = {s for s in previous.get("done_shards", []) if s.split("/")[0] in splits and (out / s).is_file()}
     if out.exists():
-        shutil.rmtree(out)
-    return set()
+        for file in (f for f in out.rglob("*") if f.is_file()):
+            relative = file.relative_to(out).as_posix()
+            if relative not in shards and not (relative == "projection.pt" and "train" in splits):
+                file.unlink()
+    return {"splits": splits, "shards": shards}
 
 
 def _projection(out: Path, model, dataset, cfg: CacheConfig, device, autocast, resume: bool) -> dict | None:
-    """The feature projections, fitted on ``feature_scans`` evenly spaced cached scans (or read back on resume)."""
+    """The feature projections, fitted on ``feature_scans`` evenly spaced train scans (or read back on resume)."""
     from pvkd.train.checkpoint import save_atomic
     from pvkd.train.data import make_loader
 
@@ -435,7 +443,8 @@ def _projection(out: Path, model, dataset, cfg: CacheConfig, device, autocast, r
     path = out / "projection.pt"
     if resume and path.is_file():
         return torch.load(path, weights_only=True)
-    candidates = np.flatnonzero(dataset.rows["num_points"].to_numpy() > 0)
+    # fitted on the train split only, so that caching another split leaves the train records as they are
+    candidates = np.flatnonzero((dataset.rows["num_points"].to_numpy() > 0) & (dataset.rows["split"] == "train"))
     count = min(cfg.feature_scans, len(candidates))
     positions = candidates[np.unique(np.linspace(0, len(candidates) - 1, count).round().astype(int))]
     rng = np.random.default_rng(0)

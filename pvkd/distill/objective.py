@@ -60,7 +60,7 @@ class UnlabelledConfig:
     """How a student learns from the scans of an unlabelled split (the teacher is all it has there)."""
 
     split: str | None  # processed split of unlabelled scans (in cache.splits); null = labelled scans only
-    share: float  # probability that a scan slot of a batch is an unlabelled scan
+    ratio: int  # unlabelled scans added to each step per labelled scan (the labelled ones stay the baseline's)
     target: str  # what the segmentation loss uses on unlabelled points: hard | soft
     threshold: float  # hard: points whose teacher confidence is below this are ignored
     weight: float  # weight of that segmentation loss on unlabelled points; 0 = only the PVKD terms see them
@@ -90,7 +90,7 @@ class DistillConfig:
         sv = section_fields(SupervoxelConfig, section["supervoxel"], f"{where}.supervoxel")
         sv["size"] = tuple(int(v) for v in sv["size"])
         un = section_fields(UnlabelledConfig, section["unlabelled"], f"{where}.unlabelled")
-        un = {**un, "share": float(un["share"]), "threshold": float(un["threshold"]), "weight": float(un["weight"])}
+        un = {**un, "ratio": int(un["ratio"]), "threshold": float(un["threshold"]), "weight": float(un["weight"])}
         values = {**section, "supervoxel": SupervoxelConfig(**sv), "unlabelled": UnlabelledConfig(**un),
                   "kl_class_weights": bool(section["kl_class_weights"]),
                   "affinity_terms": tuple(section["affinity_terms"] or ())}
@@ -116,8 +116,8 @@ class DistillConfig:
         un = cfg.unlabelled
         if un.target not in TARGETS:
             problems.append(f"unlabelled.target must be one of {TARGETS}, got {un.target!r}")
-        if not 0 <= un.share < 1 or not 0 <= un.threshold <= 1 or un.weight < 0:
-            problems.append("unlabelled: share must be in [0, 1), threshold in [0, 1], weight >= 0")
+        if un.ratio < 0 or not 0 <= un.threshold <= 1 or un.weight < 0:
+            problems.append("unlabelled: ratio must be >= 0, threshold in [0, 1], weight >= 0")
         if problems:
             raise ParamsError(f"{where}: " + "; ".join(problems))
         return cfg
@@ -133,9 +133,9 @@ class DistillConfig:
 
     @property
     def uses_unlabelled(self) -> bool:
-        """Whether the student trains on unlabelled scans: there is a split, a share, and something learns from it."""
+        """Whether the student trains on unlabelled scans: there is a split, a ratio, and something learns from it."""
         un = self.unlabelled
-        return un.split is not None and un.share > 0 and (self.uses_kd or un.weight > 0)
+        return un.split is not None and un.ratio > 0 and (self.uses_kd or un.weight > 0)
 
     @property
     def uses_teacher(self) -> bool:

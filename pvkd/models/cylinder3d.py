@@ -23,24 +23,42 @@ student is the teacher with *every* width halved, the point MLP and the compress
 14.07 M, and that MLP's ~13 GMACs on a 120k-point scan, unchanged, would hold the student's
 MACs at ~0.29 of the teacher's instead of the paper's ~0.25). All three can be set explicitly.
 
+Kernels: ``kernels`` (a model param) picks between two readings of the published layer list.
+
+* ``declared`` (the default): every conv runs the kernel its line of the published code declares.
+  In spconv 1.x, SubM convs that shared an ``indice_key`` silently reused the index pairs of the
+  first conv computed under that key, whatever their own kernel, so a 3x1x3 conv could run with a
+  1x3x3 geometry (and the rank-1 convs of the context block were not rank-1 along their own
+  axes). Here an index key is ``<level>_<kernel>``: layers share pairs only when the resolution
+  *and* the kernel shape agree, which is exactly when their geometry is identical, and spconv 2
+  asserts the kernel sizes match on reuse. The 3x1x3 / 1x3x3 kernels and the 3x1x1 / 1x3x1 /
+  1x1x3 rank-1 convs therefore see the neighbours along their own axes (the MAC test counts
+  their pairs by hand).
+* ``published``: every conv runs the kernel the published weights were trained with under
+  spconv 1.x's sharing (each block's convs share one key, so all take the geometry of the
+  block's first conv): the input block every conv 1x3x3, the encoder residual blocks every conv
+  3x1x3, the decoder refinement convs 1x3x3 (the declared 3x3x3 ``conv3`` read only its first
+  slab, ``weight[0]``), the dimension-decomposition block every conv 3x1x1. With these kernels
+  the converted published checkpoints compute the published function on spconv 2
+  (``pvkd import-teacher``, :mod:`pvkd.convert`); ``tests/test_convert.py`` checks it against a
+  pure-torch reference of spconv 1.x.
+
 Differences from the published code, on purpose:
 
-* **Kernels as declared.** In spconv 1.x, SubM convs that shared an ``indice_key`` silently
-  reused the index pairs of the first conv computed under that key, whatever their own kernel,
-  so a 3x1x3 conv could run with a 1x3x3 geometry (and the rank-1 convs of the context block
-  were not rank-1 along their own axes in the variants that shared keys). Here an index key is
-  ``<level>_<kernel>``: layers share pairs only when the resolution *and* the kernel shape
-  agree, which is exactly when their geometry is identical, and spconv 2 asserts the kernel
-  sizes match on reuse. The 3x1x3 / 1x3x3 kernels and the 3x1x1 / 1x3x1 / 1x1x3 rank-1 convs
-  therefore see the neighbours along their own axes (the MAC test counts their pairs by hand).
-* **BN of the context block applied.** The published ``ResContextBlock`` assigns the second BN
-  to a misspelt variable (``reaA``), so that BN is dead; here it is applied (same parameters).
 * **Sparse logits.** The published model densifies the 480x360x32x20 logits (~420 MiB per
   sample); here voxel logits stay on the sparse rows.
 * **Point-wise refinement head** (the paper's, absent from the published code): each point takes
   its voxel's features (``voxel_features[point_to_voxel]``, 4s), concatenated with its own
   point-MLP features (8s), through ``Linear + BN + ReLU`` twice (width ``point_head_width``,
-  default 4s) to the point features, then a Linear to the point logits.
+  default 4s) to the point features, then a Linear to the point logits. With ``point_head:
+  false`` there is no head, as in the published model: a point's logits and features are those
+  of its voxel (what the published code predicts for it).
+
+The BN of the context block is applied, as on the official master (``resA.features =
+self.bn1(resA.features)``). Some community spconv-2 ports of that code rewrote the line as
+``reaA = resA.replace_feature(self.bn1(resA.features))`` (e.g. the spconv-2 port of Cylinder3D pull
+request #154), a misspelt variable that leaves the BN dead; weights trained with such a port would
+need that BN skipped.
 """
 
 from __future__ import annotations
@@ -51,6 +69,7 @@ from torch import nn
 from torch.profiler import record_function
 from torch_scatter import scatter_max
 
+from pvkd.errors import ParamsError
 from pvkd.grid import Grid
 from pvkd.models.common import (
     CONSTRUCTION_ALGO,
@@ -63,6 +82,27 @@ from pvkd.models.common import (
 
 K333, K133, K313 = (3, 3, 3), (1, 3, 3), (3, 1, 3)
 K311, K131, K113 = (3, 1, 1), (1, 3, 1), (1, 1, 3)
+
+# The kernels of each group of SubM convs, in the order the blocks below take them:
+#   context: (branch a first, branch a second, branch b first, branch b second) of the input block
+#   down:    the same four convs of each encoder residual block
+#   refine:  the 1x3x3, 3x1x3, 3x3x3 convs after each decoder block's skip addition
+#   recon:   the three rank-1 convs of the dimension-decomposition block
+# "published": the geometry spconv 1.x ran them with (each group shared one indice_key, first conv's kernel).
+KERNELS = {
+    "declared": {
+        "context": (K133, K313, K313, K133),
+        "down": (K313, K133, K133, K313),
+        "refine": (K133, K313, K333),
+        "recon": (K311, K131, K113),
+    },
+    "published": {
+        "context": (K133,) * 4,
+        "down": (K313,) * 4,
+        "refine": (K133,) * 3,
+        "recon": (K311,) * 3,
+    },
+}
 
 
 def subm(in_ch: int, out_ch: int, kernel: tuple[int, int, int], level: int) -> spconv.SubMConv3d:
@@ -87,15 +127,19 @@ class ConvActBN(nn.Module):
 
 
 class AsymmetricResidualBlock(nn.Module):
-    """Two asymmetric branches summed: (first then second kernel) + (second then first kernel)."""
+    """Two asymmetric branches summed: (first then second kernel) + (second then first kernel).
 
-    def __init__(self, in_ch: int, out_ch: int, level: int, first: tuple, second: tuple):
+    ``kernels``: the four convs' kernels (branch a first, second, branch b first, second); as
+    declared, ``(first, second, second, first)``."""
+
+    def __init__(self, in_ch: int, out_ch: int, level: int, kernels: tuple[tuple[int, int, int], ...]):
         super().__init__()
+        a1, a2, b1, b2 = kernels
         self.branch_a = nn.Sequential(
-            ConvActBN(subm(in_ch, out_ch, first, level), out_ch), ConvActBN(subm(out_ch, out_ch, second, level), out_ch)
+            ConvActBN(subm(in_ch, out_ch, a1, level), out_ch), ConvActBN(subm(out_ch, out_ch, a2, level), out_ch)
         )
         self.branch_b = nn.Sequential(
-            ConvActBN(subm(in_ch, out_ch, second, level), out_ch), ConvActBN(subm(out_ch, out_ch, first, level), out_ch)
+            ConvActBN(subm(in_ch, out_ch, b1, level), out_ch), ConvActBN(subm(out_ch, out_ch, b2, level), out_ch)
         )
 
     def forward(self, x: spconv.SparseConvTensor) -> spconv.SparseConvTensor:
@@ -104,11 +148,11 @@ class AsymmetricResidualBlock(nn.Module):
 
 
 class DownBlock(nn.Module):
-    """Asymmetric residual block (3x1x3 branch first), then a strided 3x3x3 conv to the next level."""
+    """Asymmetric residual block (3x1x3 branch first as declared), then a strided 3x3x3 conv to the next level."""
 
-    def __init__(self, in_ch: int, out_ch: int, level: int, stride: tuple[int, int, int]):
+    def __init__(self, in_ch: int, out_ch: int, level: int, stride: tuple[int, int, int], kernels: tuple):
         super().__init__()
-        self.res = AsymmetricResidualBlock(in_ch, out_ch, level, K313, K133)
+        self.res = AsymmetricResidualBlock(in_ch, out_ch, level, kernels)
         # keyed, so the decoder's inverse conv restores exactly these rows
         self.pool = spconv.SparseConv3d(
             out_ch, out_ch, 3, stride=stride, padding=1, bias=False, indice_key=f"pool{level}", algo=CONSTRUCTION_ALGO
@@ -120,19 +164,16 @@ class DownBlock(nn.Module):
 
 
 class UpBlock(nn.Module):
-    """3x3x3 SubM at the coarse level, inverse conv up to ``level``, add the skip, 1x3x3 / 3x1x3 / 3x3x3 SubMs."""
+    """3x3x3 SubM at the coarse level, inverse conv up to ``level``, add the skip, three SubMs (``kernels``:
+    declared 1x3x3 / 3x1x3 / 3x3x3)."""
 
-    def __init__(self, in_ch: int, out_ch: int, level: int):
+    def __init__(self, in_ch: int, out_ch: int, level: int, kernels: tuple):
         super().__init__()
         self.reduce = ConvActBN(subm(in_ch, out_ch, K333, level + 1), out_ch)
         self.up = spconv.SparseInverseConv3d(
             out_ch, out_ch, 3, indice_key=f"pool{level}", bias=False, algo=CONSTRUCTION_ALGO
         )
-        self.refine = nn.Sequential(
-            ConvActBN(subm(out_ch, out_ch, K133, level), out_ch),
-            ConvActBN(subm(out_ch, out_ch, K313, level), out_ch),
-            ConvActBN(subm(out_ch, out_ch, K333, level), out_ch),
-        )
+        self.refine = nn.Sequential(*(ConvActBN(subm(out_ch, out_ch, k, level), out_ch) for k in kernels))
 
     def forward(self, x: spconv.SparseConvTensor, skip: spconv.SparseConvTensor) -> spconv.SparseConvTensor:
         up = self.up(self.reduce(x))
@@ -140,11 +181,11 @@ class UpBlock(nn.Module):
 
 
 class DimensionDecompositionContext(nn.Module):
-    """Three rank-1 convs (3x1x1, 1x3x1, 1x1x3), each BN + sigmoid, summed, gating the input features."""
+    """Three rank-1 convs (``kernels``: declared 3x1x1, 1x3x1, 1x1x3), each BN + sigmoid, summed, gating the input."""
 
-    def __init__(self, channels: int, level: int = 0):
+    def __init__(self, channels: int, level: int, kernels: tuple):
         super().__init__()
-        self.convs = nn.ModuleList(subm(channels, channels, k, level) for k in (K311, K131, K113))
+        self.convs = nn.ModuleList(subm(channels, channels, k, level) for k in kernels)
         self.bns = nn.ModuleList(nn.BatchNorm1d(channels) for _ in range(3))
 
     def forward(self, x: spconv.SparseConvTensor) -> spconv.SparseConvTensor:
@@ -153,7 +194,12 @@ class DimensionDecompositionContext(nn.Module):
 
 
 class Cylinder3D(SparseSegmentationModel):
-    """Cylinder3D with the paper's point-wise refinement head; ``width`` is the base width s."""
+    """Cylinder3D with the paper's point-wise refinement head; ``width`` is the base width s.
+
+    ``kernels``: ``declared`` (each conv its declared kernel) or ``published`` (the kernels the
+    published weights were trained with, see the module docstring). ``point_head``: False for no
+    head, each point then taking its voxel's logits and features.
+    """
 
     arch = "cylinder3d"
     ENCODER_STRIDES = ((2, 2, 2), (2, 2, 2), (2, 2, 1), (2, 2, 1))
@@ -167,10 +213,16 @@ class Cylinder3D(SparseSegmentationModel):
         point_feature_dim: int | None = None,
         compressed_dim: int | None = None,
         point_head_width: int | None = None,
+        kernels: str = "declared",
+        point_head: bool = True,
     ):
         super().__init__(grid, num_classes, width)
         if grid.kind != "cylinder":
             raise ValueError(f"Cylinder3D needs a cylinder grid, got {grid.kind!r}")
+        if kernels not in KERNELS:
+            raise ParamsError(f"cylinder3d kernels must be one of {sorted(KERNELS)}, got {kernels!r}")
+        self.kernels = kernels
+        plan = KERNELS[kernels]
         s = self.width
         # every width follows s: at s = 32 these are the published 64-128-256, 256 and 16
         point_mlp = tuple(point_mlp or (2 * s, 4 * s, 8 * s))
@@ -185,31 +237,38 @@ class Cylinder3D(SparseSegmentationModel):
         self.compress = nn.Sequential(nn.Linear(point_feature_dim, compressed_dim), nn.ReLU(inplace=True))
 
         widths = [s, 2 * s, 4 * s, 8 * s, 16 * s]
-        self.context = AsymmetricResidualBlock(compressed_dim, s, 0, K133, K313)
+        self.context = AsymmetricResidualBlock(compressed_dim, s, 0, plan["context"])
         self.down = nn.ModuleList(
-            DownBlock(widths[i], widths[i + 1], i, stride) for i, stride in enumerate(self.ENCODER_STRIDES)
+            DownBlock(widths[i], widths[i + 1], i, stride, plan["down"])
+            for i, stride in enumerate(self.ENCODER_STRIDES)
         )
         # decoder: 16s -> 16s -> 8s -> 4s -> 2s, back down to level 0
         up_in = [16 * s, 16 * s, 8 * s, 4 * s]
         up_out = [16 * s, 8 * s, 4 * s, 2 * s]
-        self.up = nn.ModuleList(UpBlock(up_in[n], up_out[n], 3 - n) for n in range(4))
-        self.recon = DimensionDecompositionContext(2 * s)
+        self.up = nn.ModuleList(UpBlock(up_in[n], up_out[n], 3 - n, plan["refine"]) for n in range(4))
+        self.recon = DimensionDecompositionContext(2 * s, 0, plan["recon"])
         # the head's bias lives outside the conv: spconv's eval path fuses a conv bias into the
         # kernel, which its CPU build refuses ("bias and act don't support cpu")
         self.logits = subm(4 * s, num_classes, K333, 0)
         self.logits_bias = nn.Parameter(torch.zeros(num_classes))
 
         head = point_head_width or 4 * s
-        self.point_head = nn.ModuleDict(
-            {
-                "fuse": nn.Sequential(*linear_bn_relu(4 * s + point_feature_dim, head), *linear_bn_relu(head, head)),
-                "classify": nn.Linear(head, num_classes),
-            }
+        self.point_head = (
+            nn.ModuleDict(
+                {
+                    "fuse": nn.Sequential(
+                        *linear_bn_relu(4 * s + point_feature_dim, head), *linear_bn_relu(head, head)
+                    ),
+                    "classify": nn.Linear(head, num_classes),
+                }
+            )
+            if point_head
+            else None
         )
 
     def point_input_features(self, points: PointBatch, grid_coords: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
         """The 9 published point features: offset to the voxel centre, (rho, phi, z), (x, y), intensity."""
-        centre = self.grid.cell_centre(cells).to(grid_coords.dtype)
+        centre = self.grid.cell_centre(cells, grid_coords.dtype)
         return torch.cat(
             [grid_coords - centre, grid_coords, points.xyz[:, :2], points.intensity[:, None].to(grid_coords.dtype)], 1
         )
@@ -236,9 +295,13 @@ class Cylinder3D(SparseSegmentationModel):
             voxel_logits = self.logits(x).features + self.logits_bias
 
         with record_function("point_head"):
-            fused = torch.cat([voxel_features[vox.point_to_voxel], point_mlp_features], 1)
-            point_features = self.point_head["fuse"](fused)
-            point_logits = self.point_head["classify"](point_features)
+            if self.point_head is None:  # the published model: a point is labelled as its voxel
+                point_features = voxel_features[vox.point_to_voxel]
+                point_logits = voxel_logits[vox.point_to_voxel]
+            else:
+                fused = torch.cat([voxel_features[vox.point_to_voxel], point_mlp_features], 1)
+                point_features = self.point_head["fuse"](fused)
+                point_logits = self.point_head["classify"](point_features)
         return SegOutput(
             point_logits=point_logits,
             voxel_logits=voxel_logits,

@@ -11,8 +11,8 @@ stats of the processed data and params.yaml, and writes two files to the output 
 
 Sections: the headline table (scores, costs, ratios to the teacher, the share of the
 teacher-student gap each distilled student closes in this run, at one seed), optionally how
-sure that is (the committed multi-seed studies listed in ``report.seed_studies``: gains over
-seeds and whether they leave the seed noise), per-class IoU, mIoU by distance, accuracy
+sure that is (the committed multi-seed studies listed in ``report.seed_studies``: paired
+same-seed differences from the baseline, their 95 % interval, p and verdict), per-class IoU, mIoU by distance, accuracy
 against cost, training curves, a bird's-eye picture of one val scan, the class frequencies of
 the data, optionally the experiment table of ``dvc exp show`` (:func:`parse_exp_show`), and the
 params. A model missing from some input is left out of that part with a note; only a missing

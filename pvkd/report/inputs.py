@@ -101,7 +101,10 @@ def headline(metrics: dict[str, dict]) -> list[dict]:
         row = {
             "model": name,
             "role": m.get("role", ""),
-            "description": str(m.get("description", "")),
+            # evaluate --allow-trained-on: a score on sequences the model trained on is not a held-out result
+            "description": str(m.get("description", "")) + (
+                f" [not held out: trained on {len(m['trained_on_scored_sequences'])} scored sequence(s)]"
+                if m.get("trained_on_scored_sequences") else ""),
             "miou": miou,
             "params_m": number(m.get("params_m")),
             "macs_g": number(m.get("macs_g")),
@@ -196,10 +199,12 @@ def class_shares(stats: pd.DataFrame) -> pd.DataFrame:
 
 
 def read_meta(data_dir: Path) -> dict:
-    """The processed data's meta.json, or {} when missing or unreadable."""
+    """The processed data's meta (its split folders' meta.json), or {} when missing or unreadable."""
+    from pvkd import shards
+
     try:
-        return json.loads((data_dir / "meta.json").read_text())
-    except (OSError, json.JSONDecodeError):
+        return shards.read_meta(data_dir)
+    except (OSError, json.JSONDecodeError, KeyError, DataError):
         return {}
 
 

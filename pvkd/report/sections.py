@@ -38,6 +38,7 @@ from pvkd.report.inputs import (
     teacher_name,
 )
 from pvkd.report.studies import LABEL_BUDGET, SeedTable, Study, numeric_key
+from pvkd.stats import RULE, Paired
 
 
 def section_headline(metrics: dict[str, dict], studies: Sequence[Study] = ()) -> tuple[Section, list[dict]]:
@@ -185,15 +186,18 @@ def section_scan(metrics, eval_dir: Path, data_dir: Path) -> Section:
 
 
 def section_data(data_dir: Path) -> Section:
+    from pvkd.shards import read_stats
+
     section = Section("The data", "data")
-    path = data_dir / "stats.parquet"
-    if not path.is_file():
-        section.notes.append(f"{path} not found: no class frequencies (run `dvc repro preprocess`)")
+    try:
+        stats = read_stats(data_dir)
+    except (OSError, DataError) as err:
+        section.notes.append(f"{err}: no class frequencies (run `dvc repro`)")
         return section
     try:
-        shares = class_shares(pd.read_parquet(path))
+        shares = class_shares(stats)
     except DataError as err:
-        section.notes.append(f"{path}: {err}")
+        section.notes.append(f"{data_dir}: {err}")
         return section
     meta = read_meta(data_dir)
     splits = meta.get("splits") if isinstance(meta.get("splits"), dict) else {}
@@ -258,22 +262,37 @@ def section_experiments(exp_show) -> Section:
 SEEDS_INTRO = (
     "The numbers above come from this pipeline run, where each student trained once, at one seed. The committed "
     "studies below trained each student at several seeds (a seed sets the initial weights, the scan order and the "
-    "augmentation) and scored it on the whole val split. mIoU: mean ± sample std over the seeds; gain: the "
-    "student's mean minus the baseline's, in points, with the same-seed (paired) differences; verdict: beyond 2σ "
-    "when the gain exceeds twice the larger std of the student and the baseline, within noise when it does not "
-    "(worse, beyond 2σ: as far below); too few seeds: under two seeds on either side, no noise estimate.")
+    "augmentation) and scored it on the whole val split. mIoU: mean ± sample std over the seeds. Against the "
+    "baseline, each row is paired seed by seed over the seeds both have: diff is the mean of the same-seed "
+    "differences in points, with its 95 % t-interval, the two-sided p of a one-sample t-test and the number of "
+    f"pairs. Verdict: {RULE}.")
 
 
-def _per_seed(values: dict[str, float], gains: bool = False) -> str:
-    """Per-seed values in seed order, in points (gains signed)."""
+def _per_seed(values: dict[str, float], diffs: bool = False) -> str:
+    """Per-seed values in seed order, in points (differences signed)."""
     if not values:
         return MISSING
     order = sorted(values, key=numeric_key)
-    return ", ".join(signed(100 * values[k], 2) if gains else pct(values[k], 2) for k in order)
+    return ", ".join(signed(100 * values[k], 2) if diffs else pct(values[k], 2) for k in order)
 
 
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _interval(c: Paired) -> str:
+    return MISSING if c.low is None else f"[{signed(100 * c.low, 2)}, {signed(100 * c.high, 2)}]"
+
+
+def _p(c: Paired) -> str:
+    return MISSING if c.p is None else "< 0.001" if c.p < 0.001 else f"{c.p:.3f}"
+
+
+def _paired_text(c: Paired) -> str:
+    """A comparison in words: mean difference, interval, p and pairs."""
+    if c.low is None:
+        return f"{signed(None if c.mean is None else 100 * c.mean, 2)} points, {_plural(c.n, 'pair')}"
+    return f"{signed(100 * c.mean, 2)} points, 95 % interval {_interval(c)}, p {_p(c)}, {_plural(c.n, 'pair')}"
 
 
 def seed_verdicts(rows: list[dict], studies: Sequence[Study]) -> list[str]:
@@ -284,38 +303,56 @@ def seed_verdicts(rows: list[dict], studies: Sequence[Study]) -> list[str]:
             continue
         for study in studies:
             s = study.row(r["model"])
-            if s is None or s.gain is None:
+            if s is None or s.vs_baseline is None:
                 continue
-            noise = f"; 2σ = {pct(s.noise, 2)}" if s.noise is not None else ""
-            closed = f", gap closed {pct(s.gap_closed, 0)} %" if s.gap_closed is not None else ""
-            lines.append(f"Over seeds, {r['model']}: {signed(100 * s.gain, 2)} points over {study.baseline} in "
-                         f"`{study.path}` (committed study, {_plural(len(s.per_seed), 'seed')}; per seed "
-                         f"{_per_seed(s.paired_gain, gains=True)}{noise}): {s.verdict}{closed}.")
+            c = s.vs_baseline
+            lines.append(f"Over seeds, {r['model']} minus {study.baseline} in `{study.path}` (committed study, paired "
+                         f"per seed {_per_seed(dict(zip(c.seeds, c.differences)), diffs=True)}): {_paired_text(c)}: "
+                         f"{c.verdict}.")
     return lines
 
 
 def seed_table(study: Study, table: SeedTable) -> Table:
-    """Students x (mIoU over seeds, gain over the baseline, verdict), captioned with the study's file."""
+    """Students x (mIoU over seeds, paired difference from the baseline, its interval, p, pairs, verdict),
+    captioned with the study's file."""
     budget = study.kind == LABEL_BUDGET
-    show_gap = any(r.gap_closed is not None for r in table.rows)
-    header = [*(["labelled streets"] if budget else []), "model", "mIoU (%)", "per seed (%)", "gain (pts)",
-              "paired gain per seed (pts)", "2σ (pts)", "verdict",
-              *([("gap to full labels closed" if budget else "gap closed")] if show_gap else [])]
-    numeric = [*([True] if budget else []), False, True, True, True, True, True, False, *([True] if show_gap else [])]
+    show_share = any(r.gap_share is not None for r in table.rows)
+    header = [*(["labelled streets"] if budget else []), "model", "mIoU (%)", "per seed (%)", "diff (pts)",
+              "95 % interval (pts)", "p", "pairs", "verdict", *(["share of the label gap"] if show_share else [])]
+    numeric = [*([True] if budget else []), False, True, True, True, True, True, True, False,
+               *([True] if show_share else [])]
     steps = f"{table.steps} student steps, " if table.steps is not None else ""
     out = Table(header=header, rows=[], numeric=numeric,
                 caption=f"{steps}`{study.path}`: committed study, {_plural(len(table.seeds), 'seed')}, "
                         "not this pipeline run.")
     for r in table.rows:
-        cells = [*([f"{r.streets}/{study.total_streets}"] if budget else []), r.model,
-                 f"{pct(r.mean, 2)} ± {pct(r.std, 2)}" if len(r.per_seed) > 1 else f"{pct(r.mean, 2)} (1 seed)",
-                 _per_seed(r.per_seed),
-                 signed(None if r.gain is None else 100 * r.gain, 2), _per_seed(r.paired_gain, gains=True),
-                 pct(r.noise, 2), r.verdict or MISSING]
-        if show_gap:
-            cells.append(MISSING if r.gap_closed is None else f"{pct(r.gap_closed, 0)} %")
+        c = r.vs_baseline
+        cells = [*([_budget(study, r.streets)] if budget else []), r.model,
+                 f"{pct(r.mean, 2)} ± {pct(r.std, 2)}" if r.std is not None else f"{pct(r.mean, 2)} (1 seed)",
+                 _per_seed(r.per_seed)]
+        if c is None:
+            cells += [MISSING] * 4
+        else:
+            cells += [signed(None if c.mean is None else 100 * c.mean, 2), _interval(c), _p(c), str(c.n)]
+        cells.append(r.verdict or MISSING)
+        if show_share:
+            cells.append(MISSING if r.gap_share is None else f"{pct(r.gap_share, 0)} %")
         out.rows.append(cells)
     return out
+
+
+def _budget(study: Study, streets: int | None) -> str:
+    return f"{streets}/{study.total_streets}" if study.total_streets else str(streets)
+
+
+def label_gaps(study: Study, table: SeedTable) -> str | None:
+    """The label gaps of one step count in words: all-labels baseline minus each budget's, paired."""
+    if not table.label_gaps:
+        return None
+    full = _budget(study, study.total_streets)
+    gaps = "; ".join(f"{_budget(study, streets)}: {_paired_text(gap)}: {gap.verdict}"
+                     for streets, gap in sorted(table.label_gaps.items()))
+    return f"Label gap at {table.steps} steps ({full} baseline minus the budget's, paired): {gaps}."
 
 
 def _study_intro(study: Study) -> str:
@@ -323,18 +360,20 @@ def _study_intro(study: Study) -> str:
     if study.kind != LABEL_BUDGET:
         teacher = study.teacher_miou.get(None)
         return (f"{where}: students distilled from one teacher" + (f" ({pct(teacher, 2)} % val mIoU)" if teacher
-                is not None else "") + (f", gains over {study.baseline}." if study.baseline else
-                                        "; no baseline in the study, so no gains."))
-    teachers = ", ".join(f"{s}/{study.total_streets}: {pct(m, 2)} %" for s, m in sorted(study.teacher_miou.items()))
-    return (f"{where}: label budgets. With n of the {study.total_streets} train streets labelled, the rest are "
-            "unlabelled: baseline trains on the labelled scans only, pseudo adds the unlabelled ones with the "
+                is not None else "") + (f", compared with {study.baseline}." if study.baseline else
+                                        "; no baseline in the study, so no comparisons."))
+    teachers = ", ".join(f"{_budget(study, s)}: {pct(m, 2)} %" for s, m in sorted(study.teacher_miou.items()))
+    lengths = study.teacher_steps
+    lengths = ", ".join(map(str, lengths)) if isinstance(lengths, list) else lengths
+    return (f"{where}: label budgets. With n of the {study.total_streets or 'train'} train streets labelled, the rest "
+            "are unlabelled: baseline trains on the labelled scans only, pseudo adds the unlabelled ones with the "
             "teacher's pseudo-labels, hinton and pvkd add their distillation terms, lasermix adds to pvkd LaserMix "
             "of labelled with unlabelled scans. Each budget has its own teacher, "
-            "trained on its labelled streets" + (f" for {study.teacher_steps} steps" if study.teacher_steps else "")
+            "trained on its labelled streets" + (f" for {lengths} steps" if lengths else "")
             + (f" (val mIoU, one run each: {teachers})" if teachers else "") +
-            ". Gap to full labels closed: the share of the gap between the baseline and the baseline with every "
-            "street labelled (same steps) that the student closes, shown only where that gap exceeds twice the "
-            "seed std of the two baselines.")
+            ". Share of the label gap: the student's paired mean difference from the baseline divided by the "
+            "label gap's (all labels minus the budget's baseline, same steps, paired), shown only where the label "
+            "gap's own interval excludes 0.")
 
 
 def _figure_name(study: Study, taken: set[str]) -> str:
@@ -348,18 +387,21 @@ def _figure_name(study: Study, taken: set[str]) -> str:
 
 def section_seed_studies(studies: Sequence[Study], notes: list[str], colors: dict[str, str]) -> Section:
     """Each study's tables (one per step count) and, for label budgets, mIoU against the labelled share."""
-    section = Section("How sure: gains over seeds", "seeds", notes=list(notes))
+    section = Section("How sure: paired differences over seeds", "seeds", notes=list(notes))
     if studies:
         section.blocks.append(SEEDS_INTRO)
     taken: set[str] = set()
     for study in studies:
         section.blocks.append(_study_intro(study))
-        section.blocks += [seed_table(study, table) for table in study.tables]
-        if study.kind == LABEL_BUDGET:
+        for table in study.tables:
+            section.blocks.append(seed_table(study, table))
+            if (gaps := label_gaps(study, table)) is not None:
+                section.blocks.append(gaps)
+        if study.kind == LABEL_BUDGET and study.total_streets:
             panels = {}
             for table in study.tables:
                 for r in table.rows:
-                    panels.setdefault(table.steps, {}).setdefault(r.model, []).append((r.streets, r.mean, r.std))
+                    panels.setdefault(table.steps, {}).setdefault(r.model, []).append((r.streets, r.mean, r.std or 0.0))
             section.blocks.append(figure_label_budget(panels, study.teacher_miou, study.total_streets, colors,
                                                       _figure_name(study, taken)))
     return section

@@ -20,6 +20,8 @@ SCHEDULES = ("onecycle", "cosine")
 AMP_MODES = ("fp16", "bf16", "off")
 KEEP = ("best", "last")
 LASERMIX_PARTNERS = ("same", "unlabelled")
+EMA_BUFFERS = ("own", "average")
+EXPORTS = ("ema", "model")
 # keys that change how a run is executed but not what it computes: a run may resume across them
 RUNTIME_KEYS = ("workers", "threads", "log_every", "val_batch_size", "processes", "device")
 
@@ -50,6 +52,45 @@ class LaserMixConfig:
     probability: float
     bands: tuple[int, ...]  # inclination bands, one count drawn per mix (LaserMix: 2 to 6)
     partner: str  # same (a scan of the same kind) | unlabelled (an unlabelled scan: LaserMix's semi-supervised mix)
+    pitch_deg: tuple[float, float]  # the sensor's fixed pitch range the bands divide (also train.semi's mixes)
+
+
+@dataclass(frozen=True)
+class SemiConfig:
+    """Mean-teacher semi-supervised training with LaserMix (see :mod:`pvkd.train.semi`); off without a split."""
+
+    split: str | None  # processed split of unlabelled scans; None = off
+    ratio: int  # unlabelled scans added to each step per labelled scan (the labelled ones stay the baseline's)
+    ema_decay: float  # the mean teacher: an exponential moving average of the model's weights, every step
+    ema_buffers: str  # own (its BN statistics from its own train-mode passes, as the anchor) | average
+    export: str  # the weights validated, kept and exported: ema | model
+    threshold: float  # pseudo-labels of the mean teacher below this confidence are ignored
+    mix_weight: float  # weight of the segmentation loss on the mixed scans
+    consistency_weight: float  # weight of the MSE between the model's and the teacher's softmax on unlabelled points
+    mixed_scans: int  # mixed scans per labelled x unlabelled pair: 2 (both complements) | 1 (one, cheaper)
+    bands: tuple[int, ...]  # inclination band counts, one drawn per pair (the pitch range: augment.lasermix)
+
+    @property
+    def on(self) -> bool:
+        return self.split is not None
+
+    def problems(self) -> list[str]:
+        found = []
+        if self.ratio < 1:
+            found.append("semi.ratio must be >= 1")
+        if not 0 <= self.ema_decay < 1:
+            found.append("semi.ema_decay must be in [0, 1)")
+        if self.ema_buffers not in EMA_BUFFERS:
+            found.append(f"semi.ema_buffers must be one of {EMA_BUFFERS}")
+        if self.export not in EXPORTS:
+            found.append(f"semi.export must be one of {EXPORTS}")
+        if not 0 <= self.threshold <= 1 or min(self.mix_weight, self.consistency_weight) < 0:
+            found.append("semi: threshold must be in [0, 1] and the weights >= 0")
+        if self.mixed_scans not in (1, 2):
+            found.append("semi.mixed_scans must be 1 or 2")
+        if not self.bands or min(self.bands) < 2:
+            found.append("semi.bands must list band counts >= 2")
+        return found
 
 
 @dataclass(frozen=True)
@@ -73,7 +114,8 @@ class AugmentConfig:
         values["paste"] = PasteConfig(**{**paste, "ground_classes": tuple(paste["ground_classes"])})
         values["polarmix"] = PolarMixConfig(**section_fields(PolarMixConfig, values["polarmix"], f"{where}.polarmix"))
         laser = section_fields(LaserMixConfig, values["lasermix"], f"{where}.lasermix")
-        values["lasermix"] = LaserMixConfig(**{**laser, "bands": tuple(int(b) for b in laser["bands"])})
+        values["lasermix"] = LaserMixConfig(**{**laser, "bands": tuple(int(b) for b in laser["bands"]),
+                                               "pitch_deg": tuple(float(v) for v in laser["pitch_deg"])})
         return cls(**values)
 
     @property
@@ -100,6 +142,9 @@ class AugmentConfig:
             found.append("augment.polarmix: swap_deg must be in (0, 360] and copies >= 0")
         if not self.lasermix.bands or min(self.lasermix.bands) < 1:
             found.append("augment.lasermix.bands must list band counts >= 1")
+        low, high = self.lasermix.pitch_deg if len(self.lasermix.pitch_deg) == 2 else (0.0, 0.0)
+        if not low < high:
+            found.append("augment.lasermix.pitch_deg must be [low, high] with low < high (degrees)")
         if self.lasermix.partner not in LASERMIX_PARTNERS:
             found.append(f"augment.lasermix.partner must be one of {LASERMIX_PARTNERS}, got {self.lasermix.partner!r}")
         return found
@@ -128,6 +173,7 @@ class TrainConfig:
     amp: str  # CUDA mixed precision: fp16 | bf16 | off (ignored on the CPU)
     loss: LossConfig
     augment: AugmentConfig
+    semi: SemiConfig
     val_every: int  # steps between validations (always one at the end); 0 = only at the end
     val_batch_size: int
     checkpoint_every: int  # steps between resumable checkpoints (also at every validation and the end)
@@ -144,6 +190,10 @@ class TrainConfig:
         values = section_fields(cls, section, where)
         values["loss"] = LossConfig(**section_fields(LossConfig, section["loss"], f"{where}.loss"))
         values["augment"] = AugmentConfig.from_dict(section["augment"], f"{where}.augment")
+        semi = section_fields(SemiConfig, section["semi"], f"{where}.semi")
+        values["semi"] = SemiConfig(**{**semi, "bands": tuple(int(b) for b in semi["bands"]),
+                                       **{k: float(semi[k]) for k in ("ema_decay", "threshold", "mix_weight",
+                                                                       "consistency_weight")}})
         cfg = cls(**values)
         cfg.validate(where)
         return cfg
@@ -169,6 +219,11 @@ class TrainConfig:
         if not 0 <= self.warmup_fraction < 1:
             problems.append("warmup_fraction must be in [0, 1)")
         problems += self.augment.problems()
+        if self.semi.on:
+            problems += self.semi.problems()
+            if self.augment.lasermix.probability > 0 and self.augment.lasermix.partner == "unlabelled":
+                problems.append("semi mixes labelled with unlabelled scans itself: set augment.lasermix.partner to "
+                                "same (or its probability to 0)")
         if problems:
             raise ParamsError(f"{where}: " + "; ".join(problems))
 

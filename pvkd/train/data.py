@@ -54,6 +54,9 @@ class TrainBatch:
     positions: torch.Tensor  # (B,) int64 position of each scan in its dataset
     labelled: torch.Tensor | None = None  # (N,) bool: False for points of unlabelled scans (None: all labelled)
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    # semi-supervised batches (pvkd.train.semi.SemiCollate): rows of the mixed scans and each row's mixed scan
+    mix_rows: torch.Tensor | None = None
+    mix_scans: torch.Tensor | None = None
 
     def unlabelled_points(self) -> torch.Tensor:
         """(N,) bool: the points that come from scans of unlabelled splits (a mixed scan holds both kinds)."""
@@ -63,22 +66,23 @@ class TrainBatch:
 
     def to(self, device: torch.device | str) -> TrainBatch:
         non_blocking = torch.device(device).type == "cuda"
+        def move(t):
+            return None if t is None else t.to(device, non_blocking=non_blocking)
+
         return TrainBatch(
-            self.points.to(device),
-            self.labels.to(device, non_blocking=non_blocking),
-            self.positions,
-            None if self.labelled is None else self.labelled.to(device, non_blocking=non_blocking),
-            {k: v.to(device, non_blocking=non_blocking) for k, v in self.extras.items()},
+            self.points.to(device), move(self.labels), self.positions, move(self.labelled),
+            {k: move(v) for k, v in self.extras.items()}, move(self.mix_rows), move(self.mix_scans),
         )
 
     def pin_memory(self) -> TrainBatch:
         """Called by the DataLoader (``pin_memory=True``) so host-to-GPU copies can overlap compute."""
         p = self.points
         pinned = PointBatch(p.xyz.pin_memory(), p.intensity.pin_memory(), p.batch.pin_memory(), p.batch_size)
-        labelled = None if self.labelled is None else self.labelled.pin_memory()
-        return TrainBatch(pinned, self.labels.pin_memory(), self.positions, labelled, {
-            k: v.pin_memory() for k, v in self.extras.items()
-        })
+        def pin(t):
+            return None if t is None else t.pin_memory()
+
+        return TrainBatch(pinned, pin(self.labels), self.positions, pin(self.labelled),
+                          {k: pin(v) for k, v in self.extras.items()}, pin(self.mix_rows), pin(self.mix_scans))
 
 
 class ScanDataset(Dataset):
@@ -181,7 +185,7 @@ class ScanDataset(Dataset):
                 scan = self.mixed(scan, epoch, position)
             rng = np.random.default_rng([self.seed, AUGMENT_STREAM, epoch, position])
             scan["xyz"] = augment(scan["xyz"], self.augment, rng)
-        sample = {k: scan[k] for k in POINT_KEYS} | {"position": position}
+        sample = {k: scan[k] for k in POINT_KEYS} | {"position": position, "epoch": epoch}
         if self.extras is not None:
             sample["extras"] = {k: v for k, v in scan.items() if k not in POINT_KEYS}
         return sample
@@ -199,7 +203,7 @@ class ScanDataset(Dataset):
         if rng[2].random() < cfg.lasermix.probability:
             kind = False if cfg.lasermix.partner == "unlabelled" else labelled
             partner = self.load(int(rng[2].choice(self.partners[kind])))
-            scan = mix.laser_mix(scan, partner, cfg.lasermix.bands, rng[2])
+            scan = mix.laser_mix(scan, partner, cfg.lasermix.bands, cfg.lasermix.pitch_deg, rng[2])
         return scan
 
     def bank_objects(self, count: int, rng: np.random.Generator) -> list[mix.Scan]:
@@ -233,17 +237,17 @@ class RunBatchSampler(Sampler[list[tuple[int, int]]]):
     next permutation differs), so every process runs the same number of steps.
 
     With ``unlabelled_scans`` (positions ``num_scans ..``, after the labelled ones) and
-    ``unlabelled_share`` > 0, each scan slot of an epoch is an unlabelled scan with probability
-    ``unlabelled_share`` (one draw per slot from (seed, epoch)); labelled slots take the epoch's
-    permutation in order, unlabelled slots a stream of permutations of the unlabelled scans. The
-    step count stays that of the labelled scans alone, so a student with unlabelled scans runs as
-    many steps as one without.
+    ``unlabelled_ratio`` r > 0, every batch takes ``r x batch_size`` unlabelled scans *after* its
+    labelled ones, from a stream of permutations of the unlabelled scans drawn from (seed, epoch).
+    They are added, never swapped in: the labelled scans of every step (and the step count) are
+    exactly those of the run without unlabelled scans, so a student with unlabelled scans is
+    compared with the labelled-only one on the same labelled data.
     """
 
     def __init__(
         self, num_scans: int, batch_size: int, epochs: int, seed: int,
         rank: int = 0, world_size: int = 1, start_step: int = 0,
-        unlabelled_scans: int = 0, unlabelled_share: float = 0.0,
+        unlabelled_scans: int = 0, unlabelled_ratio: int = 0,
     ):
         self.num_scans, self.batch_size, self.seed = num_scans, batch_size, seed
         self.rank, self.world_size = rank, world_size
@@ -252,9 +256,9 @@ class RunBatchSampler(Sampler[list[tuple[int, int]]]):
             raise DataError(
                 f"{num_scans} training scans cannot fill one step of {batch_size} scans x {world_size} processes"
             )
-        if unlabelled_share > 0 and unlabelled_scans == 0:
-            raise DataError("an unlabelled share > 0 needs unlabelled scans; check the unlabelled split")
-        self.unlabelled_scans, self.unlabelled_share = unlabelled_scans, unlabelled_share
+        if unlabelled_ratio > 0 and unlabelled_scans == 0:
+            raise DataError("unlabelled scans per step need an unlabelled split with scans; check its split")
+        self.unlabelled_scans, self.unlabelled_ratio = unlabelled_scans, int(unlabelled_ratio)
         self.total_steps = epochs * self.steps_per_epoch
         self.start_step = start_step
         self._epoch, self._order = -1, np.empty(0, np.int64)
@@ -263,31 +267,29 @@ class RunBatchSampler(Sampler[list[tuple[int, int]]]):
         return max(self.total_steps - self.start_step, 0)
 
     def permutation(self, epoch: int) -> np.ndarray:
-        """The positions of epoch ``epoch``'s scan slots, in order (labelled and unlabelled mixed)."""
+        """The labelled positions of epoch ``epoch``'s scan slots, in order."""
         if epoch != self._epoch:
-            rng = np.random.default_rng([self.seed, PERMUTATION_STREAM, epoch])
-            order = rng.permutation(self.num_scans)
-            if self.unlabelled_share > 0:
-                order = self._mix(epoch, order)
-            self._epoch, self._order = epoch, order
+            self._order = np.random.default_rng([self.seed, PERMUTATION_STREAM, epoch]).permutation(self.num_scans)
+            self._unlabelled = self._unlabelled_stream(epoch) if self.unlabelled_ratio else None
+            self._epoch = epoch
         return self._order
 
-    def _mix(self, epoch: int, labelled: np.ndarray) -> np.ndarray:
-        slots = self.steps_per_epoch * self.batch_size * self.world_size
-        mix = np.random.default_rng([self.seed, MIX_STREAM, epoch])
-        unlabelled = mix.random(slots) < self.unlabelled_share
-        count = int(unlabelled.sum())
-        stream = [mix.permutation(self.unlabelled_scans) for _ in range(-(-count // self.unlabelled_scans))]
-        order = np.empty(slots, np.int64)
-        order[~unlabelled] = labelled[: slots - count]
-        order[unlabelled] = self.num_scans + np.concatenate(stream or [np.empty(0, np.int64)])[:count]
-        return order
+    def _unlabelled_stream(self, epoch: int) -> np.ndarray:
+        """The epoch's unlabelled slots: permutations of the unlabelled scans, one after the other."""
+        slots = self.steps_per_epoch * self.batch_size * self.world_size * self.unlabelled_ratio
+        rng = np.random.default_rng([self.seed, MIX_STREAM, epoch])
+        stream = [rng.permutation(self.unlabelled_scans) for _ in range(-(-slots // self.unlabelled_scans))]
+        return self.num_scans + np.concatenate(stream)[:slots]
 
     def batch(self, step: int) -> list[tuple[int, int]]:
-        """The keys of process ``rank``'s scans at global step ``step``."""
+        """The keys of process ``rank``'s scans at global step ``step``: its labelled ones, then its unlabelled ones."""
         epoch, k = divmod(step, self.steps_per_epoch)
         first = (k * self.world_size + self.rank) * self.batch_size
-        return [(epoch, int(p)) for p in self.permutation(epoch)[first : first + self.batch_size]]
+        keys = [(epoch, int(p)) for p in self.permutation(epoch)[first : first + self.batch_size]]
+        if self.unlabelled_ratio:
+            n = self.batch_size * self.unlabelled_ratio
+            keys += [(epoch, int(p)) for p in self._unlabelled[first * self.unlabelled_ratio :][:n]]
+        return keys
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         for step in range(self.start_step, self.total_steps):
@@ -305,7 +307,8 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
 
-def make_loader(dataset: ScanDataset, batch_sampler, workers: int, pin_memory: bool = False) -> DataLoader:
+def make_loader(dataset: ScanDataset, batch_sampler, workers: int, pin_memory: bool = False,
+                collate_fn: Callable[[list[dict]], TrainBatch] = collate) -> DataLoader:
     """A DataLoader over ``batch_sampler``'s batches of keys. Workers are spawned, not forked (a fork
     can inherit pyarrow's thread-pool locks mid-use), and kept between passes (validation)."""
     options = {}
@@ -314,5 +317,6 @@ def make_loader(dataset: ScanDataset, batch_sampler, workers: int, pin_memory: b
             multiprocessing_context="spawn", persistent_workers=True, prefetch_factor=4, worker_init_fn=_worker_init
         )
     return DataLoader(
-        dataset, batch_sampler=batch_sampler, num_workers=workers, collate_fn=collate, pin_memory=pin_memory, **options
+        dataset, batch_sampler=batch_sampler, num_workers=workers, collate_fn=collate_fn, pin_memory=pin_memory,
+        **options
     )

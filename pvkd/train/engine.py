@@ -33,6 +33,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -43,7 +44,7 @@ from pvkd.metrics import HEADS, Scores, scores, split_confusion
 from pvkd.train import distributed
 from pvkd.train.checkpoint import load, model_record, rng_state, save_atomic, set_rng_state
 from pvkd.train.config import TrainConfig, digest
-from pvkd.train.data import RunBatchSampler, ScanDataset, TrainBatch, make_loader, split_batches
+from pvkd.train.data import RunBatchSampler, ScanDataset, TrainBatch, collate, make_loader, split_batches
 from pvkd.train.distributed import DistInfo
 from pvkd.train.tracking import RunLog, TrainProgress
 
@@ -53,6 +54,16 @@ SELECT_HEAD = "point"  # the head whose val mIoU picks the best checkpoint
 NO_BEST = {"step": 0, "miou": -1.0, "scores": None}  # before the first validation
 # torch's OneCycleLR defaults: start at peak / 25, end at peak / (25 * 1e4)
 ONECYCLE_START, ONECYCLE_END = 1 / 25, 1 / 25e4
+
+
+@dataclass
+class SemiTraining:
+    """What the engine needs of semi-supervised training (:mod:`pvkd.train.semi`): the mean teacher it moves
+    after every step and saves, the collate that plans the mixes, and which weights it exports."""
+
+    teacher: Any  # pvkd.train.semi.MeanTeacher
+    collate: Callable
+    export: str  # ema | model
 
 
 class TrainingInterrupted(PvkdError):
@@ -121,7 +132,8 @@ class Trainer:
         callbacks: Sequence[Callback] = (),
         description: str = "train",
         show_progress: bool = True,
-        unlabelled_share: float = 0.0,
+        unlabelled_ratio: int = 0,
+        semi: SemiTraining | None = None,
     ):
         self.model, self.loss_fn, self.cfg, self.info = model, loss_fn, cfg, info
         self.train_set, self.val_set = train_set, val_set
@@ -130,7 +142,10 @@ class Trainer:
         self.live_dir = live_dir
         self.callbacks = list(callbacks)
         self.description = description
-        self.unlabelled_share = unlabelled_share
+        self.unlabelled_ratio = unlabelled_ratio
+        self.semi = semi
+        if semi is not None:  # the mean teacher moves after every optimizer step
+            self.callbacks.append(lambda trainer, _step: semi.teacher.update(trainer.module))
         self.show_progress = show_progress and dist.is_main
         self.num_classes = len(info["class_names"])
         self.fingerprint = digest({"train": cfg.fingerprint(), "model": info, "world_size": dist.world_size})
@@ -150,12 +165,14 @@ class Trainer:
         cfg = self.cfg
         self.ddp = distributed.wrap(self.model.to(self.device), self.dist, self.device, cfg.sync_batchnorm)
         self.module = distributed.unwrap(self.ddp)  # SyncBatchNorm conversion makes a new module
+        if self.semi is not None:
+            self.semi.teacher.model.to(self.device)
         self.optimizer = torch.optim.AdamW(parameter_groups(self.module, cfg.weight_decay), lr=cfg.lr)
         # the train set lists its labelled scans first, then those of unlabelled splits (distillation only)
         labelled = int(self.train_set.labelled.sum())
         self.sampler = RunBatchSampler(
             labelled, cfg.batch_size, cfg.epochs, cfg.seed, self.dist.rank, self.dist.world_size,
-            unlabelled_scans=len(self.train_set) - labelled, unlabelled_share=self.unlabelled_share,
+            unlabelled_scans=len(self.train_set) - labelled, unlabelled_ratio=self.unlabelled_ratio,
         )
         total = self.sampler.total_steps
         warmup = round(cfg.warmup_fraction * total)
@@ -184,7 +201,9 @@ class Trainer:
         state = distributed.broadcast_from_main(state)
         if state is None:
             return
-        self.module.load_state_dict(state["state_dict"])
+        self.module.load_state_dict(state["model_state_dict"] if self.semi is not None else state["state_dict"])
+        if self.semi is not None:
+            self.semi.teacher.load_state_dict(state["mean_teacher"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -220,7 +239,8 @@ class Trainer:
             with self._stop_on_signals(), TrainProgress(
                 self.sampler.total_steps, self.step, self.description, self.show_progress
             ) as self.bar:
-                batches = iter(make_loader(self.train_set, self.sampler, cfg.workers, pin))
+                collate_fn = self.semi.collate if self.semi is not None else collate
+                batches = iter(make_loader(self.train_set, self.sampler, cfg.workers, pin, collate_fn))
                 final_scores, final_confusion = self._loop(batches)
         finally:
             self.val_loader = None  # its worker processes end with it
@@ -228,7 +248,7 @@ class Trainer:
         last = None
         if self.dist.is_main:
             val = final_scores[SELECT_HEAD].as_dict()
-            last = model_record(self.module.state_dict(), self.info, step=self.step, val=val)
+            last = model_record(self.exported.state_dict(), self.info, step=self.step, val=val)
         return TrainResult(self.step, final_scores, final_confusion, self.best, self.best_record, last)
 
     def _loop(self, batches: Iterator[TrainBatch]) -> tuple[dict[str, Scores], dict[str, torch.Tensor]]:
@@ -254,6 +274,8 @@ class Trainer:
             save = validate or stop or (cfg.checkpoint_every > 0 and self.step % cfg.checkpoint_every == 0)
             if save:
                 distributed.average_buffers(self.module)
+                if self.semi is not None:  # the mean teacher's own BN statistics differ between processes too
+                    distributed.average_buffers(self.semi.teacher.model)
             if validate:
                 final = self._validate()
             if save:
@@ -265,6 +287,13 @@ class Trainer:
                     f"{self.step} of {total}; state saved, run the stage again to resume"
                 )
         return final
+
+    @property
+    def exported(self) -> nn.Module:
+        """The weights validated, kept and exported: the model's, or the mean teacher's (``semi.export: ema``)."""
+        if self.semi is not None and self.semi.export == "ema":
+            return self.semi.teacher.model
+        return self.module
 
     def train_step(self, batch: TrainBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor | None]:
         """One optimizer step on ``batch`` (on the device); returns the loss, its terms and the gradient norm."""
@@ -296,9 +325,10 @@ class Trainer:
     @torch.no_grad()
     def _validate(self) -> tuple[dict[str, Scores], dict[str, torch.Tensor]]:
         """Score every head on the whole val split (each process its share, matrices summed)."""
-        self.module.eval()
+        model = self.exported
+        model.eval()
         with self.autocast():
-            confusion = split_confusion(self.module, self.val_loader, self.num_classes, self.device, HEADS)
+            confusion = split_confusion(model, self.val_loader, self.num_classes, self.device, HEADS)
         self.module.train()
         rules, names = self.info["dataset"], self.info["class_names"]
         for matrix in confusion.values():
@@ -311,7 +341,7 @@ class Trainer:
         if chosen.miou > self.best["miou"]:
             self.best = {"step": self.step, "miou": chosen.miou, "scores": chosen.as_dict()}
             if self.dist.is_main:
-                self.best_record = model_record(self.module.state_dict(), self.info, step=self.step,
+                self.best_record = model_record(model.state_dict(), self.info, step=self.step,
                                                 val=chosen.as_dict())
                 if self.checkpoint_dir is not None:
                     save_atomic(self.best_record, self.checkpoint_dir / "best.pt")
@@ -327,8 +357,11 @@ class Trainer:
         rng = distributed.gather_to_main(rng_state())
         if not self.dist.is_main or self.checkpoint_dir is None:
             return
+        # semi-supervised: the record's weights are the exported ones; the model's and the teacher's both resume
+        extra = {} if self.semi is None else {"model_state_dict": self.module.state_dict(),
+                                              "mean_teacher": self.semi.teacher.state_dict()}
         state = model_record(
-            self.module.state_dict(), self.info,
+            self.exported.state_dict(), self.info,
             step=self.step,
             optimizer=self.optimizer.state_dict(),
             scheduler=self.scheduler.state_dict(),
@@ -338,6 +371,7 @@ class Trainer:
             best=self.best,
             fingerprint=self.fingerprint,
             finished=finished,
+            **{k: {n: t.detach().to("cpu", copy=True) for n, t in v.items()} for k, v in extra.items()},
         )
         save_atomic(state, self.checkpoint_dir / "last.pt")
 

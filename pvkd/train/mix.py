@@ -55,15 +55,20 @@ def inclination(xyz: np.ndarray) -> np.ndarray:
     return np.arctan2(xyz[:, 2], np.hypot(xyz[:, 0], xyz[:, 1]))
 
 
-def laser_mix(a: Scan, b: Scan, bands: tuple[int, ...], rng: np.random.Generator) -> Scan:
-    """LaserMix: even inclination bands from ``a``, odd ones from ``b``."""
+def pitch_band(xyz: np.ndarray, count: int, pitch_deg: tuple[float, float]) -> np.ndarray:
+    """Each point's inclination band: ``count`` equal bands over the sensor's fixed pitch range ``pitch_deg``
+    (degrees, as LaserMix: the bands are the sensor's, not those of the extremes of the points at hand).
+    Points above or below the range fall in the first or last band."""
+    low, high = np.radians(pitch_deg[0]), np.radians(pitch_deg[1])
+    inner = np.linspace(low, high, count + 1)[1:-1]
+    return np.searchsorted(inner, inclination(xyz), side="right")
+
+
+def laser_mix(a: Scan, b: Scan, bands: tuple[int, ...], pitch_deg: tuple[float, float],
+              rng: np.random.Generator) -> Scan:
+    """LaserMix: even inclination bands from ``a``, odd ones from ``b`` (bands of the fixed ``pitch_deg`` range)."""
     n = int(rng.choice(bands))
-    ia, ib = inclination(a["xyz"]), inclination(b["xyz"])
-    both = np.concatenate([ia, ib])
-    if len(both) == 0:
-        return a
-    inner = np.linspace(both.min(), both.max(), n + 1)[1:-1]
-    band_a, band_b = np.searchsorted(inner, ia, side="right"), np.searchsorted(inner, ib, side="right")
+    band_a, band_b = pitch_band(a["xyz"], n, pitch_deg), pitch_band(b["xyz"], n, pitch_deg)
     return concat(take(a, band_a % 2 == 0), take(b, band_b % 2 == 1))
 
 
