@@ -25,6 +25,10 @@ from pvkd.errors import DataError, ParamsError
 from pvkd.train.config import AugmentConfig, merge_sections
 
 MIXES = ("paste", "polarmix", "lasermix")
+# train keys that decide how a run goes, not what it computes. threads, device and processes stay (the float sums
+# depend on the thread count: README "Same seed, same model"), and checkpoint_every too (under DDP every
+# checkpoint averages the BatchNorm buffers of the processes)
+INERT_TRAIN_KEYS = ("workers", "log_every", "val_batch_size")
 PUBLISHED = Path("data/published")  # where teacher.source files live (a dependency of teacher-config)
 # the distill keys each group of terms reads (the weights themselves always stay)
 KL_KEYS = ("temperature", "kl_class_weights")
@@ -42,9 +46,9 @@ def write_json(config: dict, out: Path) -> None:
 
 # ---------------------------------------------------------------------------------------------- params
 def effective_train(section: dict) -> dict:
-    """A train section with each mixing transform that is off reduced to its probability 0, and semi-supervised
-    training that is off to its null split."""
-    out = copy.deepcopy(section)
+    """A train section without :data:`INERT_TRAIN_KEYS`, each mixing transform that is off reduced to its
+    probability 0, and semi-supervised training that is off to its null split."""
+    out = {k: copy.deepcopy(v) for k, v in section.items() if k not in INERT_TRAIN_KEYS}
     augment = out.get("augment") or {}
     for name in MIXES:
         if name in augment and not float(augment[name].get("probability", 0)) > 0:

@@ -67,11 +67,13 @@ class EvalConfig:
     latency_runs: int  # timed forwards per scan, after one warm-up
     sample_scan: int  # position in the split of the scan whose points and predictions are saved
     device: str  # auto | cpu | cuda
+    allow_trained_on: bool  # score models on val sequences they (or their teacher) trained on, marked, not refused
 
     @classmethod
     def from_dict(cls, section: dict) -> EvalConfig:
         section = section_fields(cls, section, "evaluate")
-        cfg = cls(**{**section, "distance_bands": [float(e) for e in section["distance_bands"]]})
+        cfg = cls(**{**section, "distance_bands": [float(e) for e in section["distance_bands"]],
+                     "allow_trained_on": bool(section["allow_trained_on"])})
         edges = cfg.distance_bands
         if not edges or edges[0] != 0 or any(b <= a for a, b in zip(edges, edges[1:])):
             raise ParamsError(f"evaluate.distance_bands must rise from 0, got {edges}")
@@ -172,9 +174,9 @@ def leak_guard(record: dict, data: ProcessedData, split: str, path: Path, allow:
         raise DataError(
             f"{path}: trained on scans of {len(overlap)} sequence(s)/scene(s) of the {split} split "
             f"({', '.join(overlap[:5])}{', ...' if len(overlap) > 5 else ''}; train_splits "
-            f"{record.get('train_splits')}); its scores would not be a held-out result. Take those sequences out "
-            "of the unlabelled split (data.splits), or pass --allow-trained-on to score it anyway (marked in the "
-            "metrics and the report)"
+            f"{record.get('train_splits')}, or its teacher's); its scores would not be a held-out result. Take "
+            "those sequences out of the unlabelled split (data.splits), or set evaluate.allow_trained_on (or pass "
+            "--allow-trained-on) to score it anyway, marked in the metrics and the report"
         )
     return overlap
 
@@ -345,7 +347,7 @@ def evaluate_models(
     for entry in entries:
         model, record = load_model(entry.path, device)
         check_model_fits(record, processed, entry.path)
-        overlap = leak_guard(record, processed, SPLIT, entry.path, allow_trained_on)
+        overlap = leak_guard(record, processed, SPLIT, entry.path, allow_trained_on or cfg.allow_trained_on)
         evaluation = evaluate_model(model, dataset, cfg, device, sample_scan=cfg.sample_scan, progress=tick)
         cost = measure_cost(model, dataset, cfg, device, progress=tick)
         metrics[entry.name] = model_metrics(evaluation, record, cost, cfg, entry.role, entry.description)

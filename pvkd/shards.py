@@ -151,7 +151,8 @@ def read_meta(root: str | Path) -> dict:
         differ = [k for k in COMMON_META if meta.get(k) != first.get(k)]
         if differ:
             raise DataError(f"{Path(root) / split / 'meta.json'} and {Path(root) / first_split / 'meta.json'} differ "
-                            f"in {differ}: every split must be preprocessed with the same params; run `dvc repro`")
+                            f"in {differ}: every split must be preprocessed with the same params; run `dvc repro`, "
+                            "and delete a split folder no longer in preprocess.splits (DVC leaves it)")
     return {**{k: first[k] for k in COMMON_META}, "splits": {s: m["summary"] for s, m in metas.items()}}
 
 
@@ -202,8 +203,11 @@ def _split_index(folder: Path) -> pd.DataFrame:
     return index
 
 
-def check_hashes(made_from: dict[str, str], data: ProcessedData, what: str, fix: str) -> None:
-    """Refuse ``what`` when a split it was made from now has other shards (or is gone) in ``data``."""
+def check_hashes(made_from: dict[str, str] | None, data: ProcessedData, what: str, fix: str) -> None:
+    """Refuse ``what`` when a split it was made from now has other shards (or is gone) in ``data``; ``None``
+    (a record written before per-split hashes) is refused too."""
+    if made_from is None:
+        raise DataError(f"{what}: written by an older pvkd (no per-split data hashes); {fix}")
     for split, digest in made_from.items():
         current = data.meta["splits"].get(split, {}).get("shards_hash")
         if current != digest:

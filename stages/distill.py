@@ -79,7 +79,9 @@ def main(
         # and so does a student trained by the semi-supervised recipe (train.semi) without a teacher
         if cfg.semi.on and dcfg.uses_teacher:
             raise ParamsError(f"students.{student}: train.semi (its own mean teacher) with distillation from the "
-                              "teacher is not supported; set the distill weights to 0 or train.semi.split to null")
+                              "teacher is not supported; to train the teacher semi-supervised set "
+                              "teacher.train.semi.split (train.semi.split reaches every student), for a student its "
+                              "own students.<name>.train.semi with its distill weights at 0")
         unlabelled = [dcfg.unlabelled.split] if dcfg.uses_unlabelled else [cfg.semi.split] if cfg.semi.on else []
         train_splits = ["train", *unlabelled]
         model, info = model_for_data(model_cfg, processed, config["grid"], reads=(*train_splits, "val"))
@@ -89,7 +91,7 @@ def main(
         segmentation = SegmentationLoss.for_data(cfg.loss, processed)
         rarity = train_rarity(processed, dcfg.class_power)
 
-        extras, targets, source = None, None, "none"
+        extras, targets, source, taught_on = None, None, "none", []
         if dcfg.uses_teacher and dcfg.mode == "cached":
             teacher_cache = TeacherCache(cache, processed, file_sha256(teacher))
             missing = sorted(set(train_splits) - set(teacher_cache.splits))
@@ -99,10 +101,14 @@ def main(
                                   "`dvc repro cache-logits`, or use distill.mode online")
             extras, targets = teacher_cache.extras(), cached_targets(teacher_cache)
             source = f"cache {cache} ({teacher_cache.codec}, {teacher_cache.feature_dim}-dim features)"
+            taught_on = teacher_cache.manifest.get("teacher_train_sequences", [])
         elif dcfg.uses_teacher:
             teacher_model, record = load_model(teacher, device)
-            check_hashes(record["data_hashes"], processed, str(teacher), "run `dvc repro teacher-train`")
+            check_hashes(record.get("data_hashes"), processed, str(teacher), "run `dvc repro teacher-train`")
             targets, source = online_targets(teacher_model), f"online teacher {teacher}"
+            taught_on = record.get("train_sequences", [])
+        # what its teacher saw counts as seen: evaluate's leak guard reads train_sequences
+        info["train_sequences"] = sorted(set(info["train_sequences"]) | set(taught_on))
         loss, semi = PVKDLoss(dcfg, segmentation, rarity, model.grid.size, targets), None
         if cfg.semi.on:
             loss, semi = semi_supervised(cfg, model, segmentation)

@@ -204,3 +204,24 @@ def test_scoring_a_model_on_sequences_it_trained_on_is_refused_unless_allowed(un
     assert sequences_trained_on({"train_sequences": ["00", "08"]}, data, "val") == ["08"]
     # records from before train_sequences: the sequences of their train_splits in the data
     assert sequences_trained_on({}, data, "train") == ["00"]
+
+
+def test_a_student_counts_what_its_teacher_saw_as_seen(setup, tmp_path):
+    # a teacher that trained on val's sequence 08 too (a PVKD release file, a sweep split of the val scenes)
+    from pvkd.evaluate import sequences_trained_on
+
+    root, processed = setup
+    record = torch.load(root / "teacher.pt", weights_only=True)
+    save_atomic({**record, "train_sequences": ["00", "08"]}, tmp_path / "teacher.pt")
+    cache = CacheConfig(splits=("train",), outputs="topk", topk=2, feature_dim=4, feature_scans=2, batch_size=2,
+                        device="cpu")
+    make_cache(tmp_path / "teacher.pt", processed, tmp_path / "cache", cache, torch.device("cpu"))
+    params = write_params(tmp_path / "params.yaml", {"pvkd": {"model": STUDENT}})
+    done = CliRunner().invoke(app, [
+        "distill", "--student", "pvkd", "--params", str(params), "--data", str(processed), "--cache",
+        str(tmp_path / "cache"), "--teacher", str(tmp_path / "teacher.pt"), "--out", str(tmp_path / "pvkd.pt"),
+        "--live", str(tmp_path / "live"), "--checkpoints", str(tmp_path / "ckpt")])
+    assert done.exit_code == 0, done.output
+    student = load_model(tmp_path / "pvkd.pt")[1]
+    assert student["train_splits"] == ["train"] and student["train_sequences"] == ["00", "08"]
+    assert sequences_trained_on(student, ProcessedData(processed), "val") == ["08"]

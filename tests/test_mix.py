@@ -261,3 +261,13 @@ def test_models_say_which_augmentations_they_trained_with():
     assert describe_augment(dataclasses.asdict(semi)) == "affine + LaserMix with unlabelled scans p=0.5"
     assert "partner" in " ".join(augment_config(lasermix={"partner": "labelled"}).problems())
     assert describe_augment(None) == "unknown"  # a record from before the augment section
+
+
+def test_a_scan_is_never_its_own_partner(processed):
+    ds = ScanDataset(processed, ["train", "unlabelled"], augment_config(lasermix={"probability": 1.0}),
+                     unlabelled=["unlabelled"])
+    rng = np.random.default_rng(0)
+    for position in range(len(ds)):
+        kind = bool(ds.labelled[position])
+        drawn = {ds.partner(kind, position, rng) for _ in range(50)}
+        assert position not in drawn and drawn <= set(ds.partners[kind].tolist())

@@ -53,7 +53,7 @@ from pvkd.errors import DataError, ParamsError
 from pvkd.shards import ProcessedData, check_hashes, files_hash
 from pvkd.train.config import section_fields
 
-CACHE_FORMAT = "pvkd-teacher-cache/1"
+CACHE_FORMAT = "pvkd-teacher-cache/2"  # 2: one folder per split, per-split hashes, the teacher's train sequences
 OUTPUT_CODECS = ("fp16", "int8", "topk")
 # int8 and topk codecs: log-probabilities clipped to [-INT8_FLOOR, 0] in 255 steps (0.05 nats)
 INT8_FLOOR = 12.75
@@ -230,7 +230,7 @@ class TeacherCache:
             raise DataError(f"{path}: format {m.get('format')!r}, expected {CACHE_FORMAT}; {rerun}")
         if not m.get("complete"):
             raise DataError(f"{path}: the cache is incomplete (an interrupted run); {rerun} to finish it")
-        check_hashes(m["data_hashes"], data, str(path), rerun)
+        check_hashes(m.get("data_hashes"), data, str(path), rerun)
         if teacher_sha256 is not None and m["teacher_sha256"] != teacher_sha256:
             raise DataError(f"{path}: made by another teacher checkpoint ({m['teacher_sha256'][:12]}, the teacher is "
                             f"{teacher_sha256[:12]}); {rerun}")
@@ -279,6 +279,8 @@ def build_manifest(cfg: CacheConfig, teacher_record: dict, teacher_sha256: str, 
         "teacher_sha256": teacher_sha256,
         "teacher_model": teacher_record["model"],
         "teacher_step": teacher_record.get("step"),
+        # what the teacher saw: a student distilled from it is not held out on these sequences either
+        "teacher_train_sequences": list(teacher_record.get("train_sequences", [])),
         "data_hashes": data.hashes(cfg.splits),
         "grid": teacher_record["grid"],
         "num_classes": int(data.meta["num_classes"]),
@@ -351,7 +353,7 @@ def make_cache(
         raise DataError(f"cache.splits {missing}: not in {data.root} (its splits: {sorted(present)}); "
                         "add them to preprocess.splits and data.splits, or remove them from cache.splits")
     model, record = load_model(teacher_path, device)
-    check_hashes(record["data_hashes"], data, str(teacher_path), "run `dvc repro teacher-train` first")
+    check_hashes(record.get("data_hashes"), data, str(teacher_path), "run `dvc repro teacher-train` first")
     manifest = build_manifest(cfg, record, file_sha256(teacher_path), data)
     # every scan, empty ones too: the cache's row groups are the shards' row groups
     dataset = ScanDataset(data.root, cfg.splits, keep_empty=True)

@@ -198,13 +198,19 @@ class ScanDataset(Dataset):
             scan, _ = mix.paste_objects(scan, self.bank_objects(cfg.paste.count, rng[0]), self.ground_ids,
                                         cfg.paste.radius, rng[0])
         if rng[1].random() < cfg.polarmix.probability:
-            partner = self.load(int(rng[1].choice(self.partners[labelled])))
+            partner = self.load(self.partner(labelled, position, rng[1]))
             scan = mix.polar_mix(scan, partner, cfg.polarmix.swap_deg, cfg.polarmix.copies, self.object_ids, rng[1])
         if rng[2].random() < cfg.lasermix.probability:
             kind = False if cfg.lasermix.partner == "unlabelled" else labelled
-            partner = self.load(int(rng[2].choice(self.partners[kind])))
+            partner = self.load(self.partner(kind, position, rng[2]))
             scan = mix.laser_mix(scan, partner, cfg.lasermix.bands, cfg.lasermix.pitch_deg, rng[2])
         return scan
+
+    def partner(self, labelled: bool, position: int, rng: np.random.Generator) -> int:
+        """A mixing partner of the kind asked for, never the scan itself (alone of its kind, it is its own)."""
+        candidates = self.partners[labelled]
+        others = candidates[candidates != position]
+        return int(rng.choice(others if len(others) else candidates))
 
     def bank_objects(self, count: int, rng: np.random.Generator) -> list[mix.Scan]:
         """``count`` banked objects, each of a class drawn uniformly, with all their per-point arrays."""

@@ -6,9 +6,10 @@ The anchor's recipe for label-scarce LiDAR segmentation (``train.semi``), writte
   ``ratio x batch_size`` unlabelled scans *added* after them (:class:`pvkd.train.data.RunBatchSampler`).
 * **Mixes.** Unlabelled scan ``u_j`` is paired with labelled scan ``l_(j mod B)``. The sensor's fixed
   pitch range (``train.augment.lasermix.pitch_deg``) is cut into ``k`` equal inclination bands, ``k``
-  drawn per pair from ``semi.bands``; the mixed scans are ``l``'s even bands with ``u``'s odd ones and,
-  with ``mixed_scans: 2``, the complement. :class:`SemiCollate` plans them (rows of the batch) in the
-  loader, from (seed, epoch, pair), so a resumed run draws the same mixes.
+  drawn per pair from ``semi.bands``; with ``mixed_scans: 2`` the pair makes both complements (``l``'s
+  even bands with ``u``'s odd ones, and ``l``'s odd with ``u``'s even), with 1 one of them, drawn per
+  pair. :class:`SemiCollate` plans them (rows of the batch) in the loader, from (seed, epoch, pair),
+  so a resumed run draws the same mixes.
 * **Pseudo-labels.** The mean teacher (:class:`MeanTeacher`, the exponential moving average of the
   model) labels the unlabelled scans: the argmax of its point head, ignored below ``threshold``
   confidence. No label on disk of an unlabelled scan is read (the dataset gives them as 0).
@@ -18,7 +19,12 @@ The anchor's recipe for label-scarce LiDAR segmentation (``train.semi``), writte
         + consistency_weight * MSE(softmax(model), softmax(mean teacher)) on u's points of the mixed scans
 
   ``seg`` is the supervised segmentation loss (voxel CE + Lovász, point CE); the two parts are scored
-  on the same output with the other part's labels ignored.
+  on the same output with the other part's labels ignored. One difference from the anchor, on purpose:
+  its consistency term compares the model and the teacher on the *unmixed* scans, which costs one more
+  forward of the model per step; here the model's predictions on the unlabelled points *inside the
+  mixes* are held to the teacher's on the plain unlabelled scan (no extra forward, and LaserMix's
+  point: a point's prediction should not depend on the bands around it). Labelled points get no
+  consistency term; the weight 200 was the anchor's for its own form.
 * **Mean teacher.** After every optimizer step ``theta_T <- d theta_T + (1 - d) theta``. With
   ``ema_buffers: own`` (the anchor's) its BatchNorm statistics are not averaged: it runs in train mode
   on the unlabelled scans (batch statistics) and keeps its own running statistics from those passes.
