@@ -187,9 +187,14 @@ class Run:
     params: dict
     inputs: dict
     args: tuple[str, ...] = ()
+    # the run's effective config (pvkd.configs: what it computes with), when the bench gives it: the fingerprint
+    # then ignores the rest of params.yaml, so a key added for other stages does not make it another run
+    effective: dict | None = None
 
     @property
     def spec(self) -> dict:
+        if self.effective is not None:
+            return {"command": self.command, "effective": self.effective, "inputs": self.inputs}
         return {"command": self.command, "params": canonical(self.params), "inputs": self.inputs}
 
     @property

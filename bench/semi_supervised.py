@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import os
 import threading
@@ -118,15 +119,20 @@ def with_steps(params: dict, steps: int, labelled: int) -> dict:
     return p
 
 
-def effective(run: Run, student: str | None) -> dict:
-    """What a run computes with, as its config stage writes it (model, train and distill without inert keys)."""
-    p = run.params
+def effective(params: dict, student: str | None) -> dict:
+    """What a run computes with, as its config stage writes it (model, train and distill without inert keys):
+    its fingerprint, so that params keys other stages read do not make it another run."""
     if student is None:
-        return {"model": p["teacher"]["model"], "train": effective_train(merge_sections(p["train"],
-                                                                                          p["teacher"]["train"]))}
-    sections = student_sections(p, student)
+        return {"model": params["teacher"]["model"],
+                "train": effective_train(merge_sections(params["train"], params["teacher"]["train"]))}
+    sections = student_sections(params, student)
     return {"model": sections["model"], "train": effective_train(sections["train"]),
-            "distill": effective_distill(sections["distill"])}
+            "distill": effective_distill(sections["distill"]), "grid": sections["grid"]}
+
+
+def keyed(run: Run, student: str | None) -> Run:
+    """``run`` fingerprinted by its effective config."""
+    return dataclasses.replace(run, effective=effective(run.params, student))
 
 
 def summarize(result: dict) -> dict:
@@ -187,13 +193,14 @@ def main() -> None:
     for seed in args.teacher_seeds:  # seed by seed: each finished pair of teachers is a paired difference
         for kind in TEACHERS:
             p = teacher_params(params, kind, semi, args.teacher_steps, labelled, seed)
-            run = Run("teacher-train", f"teacher-{kind}-seed{seed}", p, data_identity(data), ("--data", str(data)))
+            run = keyed(Run("teacher-train", f"teacher-{kind}-seed{seed}", p, data_identity(data),
+                            ("--data", str(data))), None)
             teacher_runs[(kind, seed)] = run
             jobs[(f"{kind}-teacher", seed)] = ("teacher", run, work / "teachers", ())
-    source = teacher_runs.get(("semi", args.teacher_seed)) or Run(
+    source = teacher_runs.get(("semi", args.teacher_seed)) or keyed(Run(
         "teacher-train", f"teacher-semi-seed{args.teacher_seed}",
         teacher_params(params, "semi", semi, args.teacher_steps, labelled, args.teacher_seed), data_identity(data),
-        ("--data", str(data)))
+        ("--data", str(data))), None)
     teacher_folder = source.folder(work / "teachers")
     students = with_steps(params, args.steps, labelled)
     full = with_steps({**full_params, "students": {"full": {**params["students"]["baseline"],
@@ -202,13 +209,13 @@ def main() -> None:
     for seed in args.seeds:
         for name in STUDENTS:
             if name == "full":
-                run = student_run("full", seed, full, threads, full_data / "none", full_data, Path("none"),
-                                  data_identity(full_data))
+                run = keyed(student_run("full", seed, full, threads, full_data / "none", full_data, Path("none"),
+                                        data_identity(full_data)), "full")
                 jobs[(name, seed)] = ("student", run, work / "students-full", ())
                 continue
             inputs = data_identity(data) | ({"teacher": source.fingerprint} if name in DISTILLED else {})
-            run = student_run(name, seed, students, threads, teacher_folder / "cache", data,
-                              teacher_folder / "model.pt", inputs)
+            run = keyed(student_run(name, seed, students, threads, teacher_folder / "cache", data,
+                                    teacher_folder / "model.pt", inputs), name)
             deps = (("semi-teacher", args.teacher_seed),) if name in DISTILLED else ()
             jobs[(name, seed)] = ("student", run, work / "students", deps)
     previous = json.loads(out.read_text()) if out.is_file() else {}
@@ -217,13 +224,15 @@ def main() -> None:
     check_recorded(runs, lambda r: (r["cell"], r["seed"]), planned, out)
     done = {r["fingerprint"] for r in runs}
     todo = [key for key in jobs if key[0] in args.only and jobs[key][1].fingerprint not in done]
-    # a distilled student needs its teacher: the teacher runs first when it is asked for too, or alone before
-    if any(jobs[k][3] for k in todo) and ("semi-teacher", args.teacher_seed) not in todo + [
-            (r["cell"], r["seed"]) for r in runs]:
-        todo.insert(0, ("semi-teacher", args.teacher_seed))
-        jobs.setdefault(("semi-teacher", args.teacher_seed), ("teacher", source, work / "teachers", ()))
-    lock = threading.Lock()
+    # a distilled student needs its teacher's model and cache on disk: when they are not (a fresh machine; the
+    # work folder is not committed), the teacher trains again first (same seed and threads: the same bytes)
+    teacher_key = ("semi-teacher", args.teacher_seed)
     finished = {(r["cell"], r["seed"]) for r in runs}
+    if any(jobs[k][3] for k in todo) and not (teacher_folder / "cache" / "manifest.json").is_file():
+        jobs.setdefault(teacher_key, ("teacher", source, work / "teachers", ()))
+        todo[:] = [teacher_key] + [k for k in todo if k != teacher_key]
+        finished.discard(teacher_key)
+    lock = threading.Lock()
     device = device_name(resolve_device(base["train"]["device"]))
 
     def save() -> None:
@@ -256,7 +265,7 @@ def main() -> None:
             entry = {"cell": key[0], "seed": key[1], "role": role,
                      "name": key[0].removesuffix("-teacher"), **record,
                      "minutes": round((time.monotonic() - started) / 60, 1),
-                     "effective": effective(run, None if role == "teacher" else key[0])}
+                     "effective": run.effective}
             with lock:
                 runs[:] = [r for r in runs if (r["cell"], r["seed"]) != key] + [entry]
                 finished.add(key)
