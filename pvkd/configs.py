@@ -162,7 +162,7 @@ def teacher_config(params: dict, data: Path, objects: Path) -> dict:
         return {"source": {"path": str(source), "sha256": file_sha256(source)}, "import": teacher["import"]}
     train = merge_sections(params["train"], teacher.get("train"))
     cfg = TrainConfig.from_dict(train, where="train (teacher.train over it)")
-    inputs = {**bank_input(cfg.augment, objects), **split_input(data, [cfg.semi.split] if cfg.semi.on else [])}
+    inputs = {**bank_input(cfg.augment, objects), **split_input(data, cfg.semi.splits)}
     return {"model": teacher["model"], "train": effective_train(train), "inputs": inputs}
 
 
@@ -187,6 +187,12 @@ def student_sections(params: dict, name: str, where: Any = "params.yaml") -> dic
             "train": merge_sections(params["train"], student.get("train")), "grid": params.get("grid")}
 
 
+def student_unlabelled(dcfg, cfg) -> list[str]:
+    """The unlabelled split a student reads: the one it distils on (``distill.unlabelled``), else its own
+    semi-supervised one (``train.semi``), else none."""
+    return [dcfg.unlabelled.split] if dcfg.uses_unlabelled else cfg.semi.splits
+
+
 def student_config(params: dict, name: str, data: Path, cache: Path, teacher: Path, objects: Path) -> dict:
     """The student's effective config: its sections without inert keys, and the inputs it reads."""
     from pvkd.distill.cache import file_sha256
@@ -197,8 +203,7 @@ def student_config(params: dict, name: str, data: Path, cache: Path, teacher: Pa
     dcfg = DistillConfig.from_dict(sections["distill"], where=f"distill (students.{name}.distill over it)")
     cfg = TrainConfig.from_dict(sections["train"], where=f"train (students.{name}.train over it)")
     unlabelled = [dcfg.unlabelled.split] if dcfg.uses_unlabelled else []
-    semi = [cfg.semi.split] if cfg.semi.on else []
-    inputs = {**bank_input(cfg.augment, objects), **split_input(data, unlabelled or semi)}
+    inputs = {**bank_input(cfg.augment, objects), **split_input(data, student_unlabelled(dcfg, cfg))}
     if dcfg.uses_teacher and dcfg.mode == "cached":
         inputs.update(cache_input(cache, ["train", *unlabelled]))
     elif dcfg.uses_teacher:

@@ -42,7 +42,7 @@ def main(
 
     import torch
 
-    from pvkd.configs import student_sections
+    from pvkd.configs import student_sections, student_unlabelled
     from pvkd.distill.cache import TeacherCache, file_sha256
     from pvkd.distill.objective import DistillConfig, PVKDLoss, cached_targets, online_targets, train_rarity
     from pvkd.objects import bank_for
@@ -82,7 +82,7 @@ def main(
                               "teacher is not supported; to train the teacher semi-supervised set "
                               "teacher.train.semi.split (train.semi.split reaches every student), for a student its "
                               "own students.<name>.train.semi with its distill weights at 0")
-        unlabelled = [dcfg.unlabelled.split] if dcfg.uses_unlabelled else [cfg.semi.split] if cfg.semi.on else []
+        unlabelled = student_unlabelled(dcfg, cfg)
         train_splits = ["train", *unlabelled]
         model, info = model_for_data(model_cfg, processed, config["grid"], reads=(*train_splits, "val"))
         # the run's identity includes the distillation recipe (resume only the very same run); evaluate refuses

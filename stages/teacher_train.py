@@ -64,7 +64,7 @@ def main(
     dist, device = distributed.setup(cfg)
     try:
         processed = ProcessedData(data)
-        unlabelled = [cfg.semi.split] if cfg.semi.on else []  # semi-supervised: the unlabelled split too
+        unlabelled = cfg.semi.splits  # semi-supervised: the unlabelled split too
         splits = ["train", *unlabelled]
         model, info = model_for_data(teacher["model"], processed, reads=(*splits, "val"))
         info = trained_on(info, processed, splits)  # evaluate refuses to score a model on sequences it trained on

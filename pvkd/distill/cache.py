@@ -422,10 +422,8 @@ def _reusable(out: Path, manifest: dict) -> dict[str, set[str]]:
     """``splits``: those an earlier run (interrupted, or with other cache.splits) left reusable, and ``shards``:
     their finished shards. Every other file in ``out`` is removed."""
     path = out / "manifest.json"
-    splits: set[str] = set()
-    if path.is_file():
-        splits = reusable_splits(json.loads(path.read_text()), manifest)
-    previous = json.loads(path.read_text()) if splits else {}
+    previous = json.loads(path.read_text()) if path.is_file() else {}
+    splits = reusable_splits(previous, manifest) if previous else set()
     shards = {s for s in previous.get("done_shards", []) if s.split("/")[0] in splits and (out / s).is_file()}
     if out.exists():
         for file in (f for f in out.rglob("*") if f.is_file()):

@@ -124,8 +124,13 @@ def model_record(state_dict: dict, info: dict, **extra: Any) -> dict:
     """A model record: ``info`` (see :func:`model_info`), a CPU copy of the weights, and ``extra`` (step, scores).
 
     A copy even on the CPU, where ``.cpu()`` would alias the live tensors that training keeps updating."""
-    weights = {k: v.detach().to("cpu", copy=True) for k, v in state_dict.items()}
+    weights = cpu_copy(state_dict)
     return {"format": MODEL_FORMAT, **info, "state_dict": weights, **extra}
+
+
+def cpu_copy(state_dict: dict) -> dict:
+    """A CPU copy of a state_dict (a copy even on the CPU, where ``.cpu()`` would alias the live tensors)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in state_dict.items()}
 
 
 def grid_of(record: dict) -> Grid:

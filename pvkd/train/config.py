@@ -74,6 +74,11 @@ class SemiConfig:
     def on(self) -> bool:
         return self.split is not None
 
+    @property
+    def splits(self) -> list[str]:
+        """The unlabelled split it reads, or none."""
+        return [self.split] if self.on else []
+
     def problems(self) -> list[str]:
         found = []
         if self.ratio < 1:

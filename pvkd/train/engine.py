@@ -42,7 +42,7 @@ from pvkd.console import console
 from pvkd.errors import PvkdError
 from pvkd.metrics import HEADS, Scores, scores, split_confusion
 from pvkd.train import distributed
-from pvkd.train.checkpoint import load, model_record, rng_state, save_atomic, set_rng_state
+from pvkd.train.checkpoint import cpu_copy, load, model_record, rng_state, save_atomic, set_rng_state
 from pvkd.train.config import TrainConfig, digest
 from pvkd.train.data import RunBatchSampler, ScanDataset, TrainBatch, collate, make_loader, split_batches
 from pvkd.train.distributed import DistInfo
@@ -371,7 +371,7 @@ class Trainer:
             best=self.best,
             fingerprint=self.fingerprint,
             finished=finished,
-            **{k: {n: t.detach().to("cpu", copy=True) for n, t in v.items()} for k, v in extra.items()},
+            **{k: cpu_copy(v) for k, v in extra.items()},
         )
         save_atomic(state, self.checkpoint_dir / "last.pt")
 
