@@ -163,7 +163,8 @@ def main() -> None:
     parser.add_argument("--teacher-steps", type=int, default=1600)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--teacher-seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--teacher-seed", type=int, default=0, help="the semi teacher the students distil from")
+    parser.add_argument("--teacher-seed", type=int, default=1,
+                        help="the seed of the semi teacher the students distil from (the committed students: 1)")
     parser.add_argument("--only", nargs="+", choices=CELLS, default=list(CELLS), help="cells to run")
     parser.add_argument("--mixed-scans", type=int, choices=(1, 2), default=1,
                         help="mixed scans per labelled x unlabelled pair of the semi-supervised step (the anchor: 2; "

@@ -62,6 +62,21 @@ LABEL = {
     },
 }
 
+# bench/semi_supervised.py: three comparisons of one budget, each against its own baseline; the file's stale
+# summary means (0.99) are not read, only the per-seed scores
+BASE, SEMI, HINTON, PVKD = ({"0": a, "1": b, "2": c} for a, b, c in
+                            ((0.40, 0.42, 0.44), (0.41, 0.45, 0.46), (0.40, 0.45, 0.47), (0.44, 0.47, 0.50)))
+SEMI_STUDY = {
+    "device": "cpu (test)", "budget": "1/8", "steps": 1600, "teacher_steps": 1200, "semi_teacher_seed_distilled": 1,
+    "runs": [{"cell": "semi-teacher", "seed": 0, "effective": {"train": {"semi": {"mixed_scans": 1}}}}],
+    "summary": {
+        "teachers": {"supervised": {"per_seed": BASE, "mean": 0.99}, "semi": {"per_seed": PVKD}},
+        "students": {"baseline": {"per_seed": BASE}, "semi": {"per_seed": SEMI}, "hinton": {"per_seed": HINTON},
+                     "pvkd": {"per_seed": PVKD}, "full": {"per_seed": {"0": 0.49, "1": 0.52, "2": 0.55}}},
+        "students_vs_semi": {"semi": {"per_seed": SEMI}, "hinton": {"per_seed": HINTON}, "pvkd": {"per_seed": PVKD}},
+    },
+}
+
 
 def write_study(folder, name: str, data: dict):
     path = folder / name
@@ -153,6 +168,48 @@ def test_label_budget_study_by_hand(studies):
     assert gaps[2].verdict == "within noise" and study.tables[1].label_gaps == {}
 
 
+def test_semi_supervised_study_by_hand(tmp_path):
+    study, note = load_study(write_study(tmp_path, "semi_supervised_test.json", SEMI_STUDY))
+    assert note is None and study.kind == "semi_supervised" and study.total_streets == 8
+    teachers, students, vs_semi = (seed_table(study, t) for t in study.tables)
+    assert teachers.rows == [
+        ["supervised", "42.00 ± 2.00", "40.00, 42.00, 44.00", "–", "–", "–", "–", "reference"],
+        # differences 4, 5, 6: mean 5, sd 1: [+2.52, +7.48], p = 1 - sqrt(75 / 77) = 0.0131
+        ["semi", "47.00 ± 3.00", "44.00, 47.00, 50.00", "+5.00", "[+2.52, +7.48]", "0.013", "3", "gain"],
+    ]
+    assert teachers.caption.startswith("Teachers (supervised against semi-supervised), `")
+    assert students.caption.startswith("0.5x students against the labelled-only one, 1600 student steps, `")
+    # the label gap: full minus baseline 9, 10, 11: mean 10, sd 1: [+7.52, +12.48], a gain, so shares are shown
+    assert students.header[-1] == "share of the label gap"
+    assert students.rows == [
+        ["baseline", "42.00 ± 2.00", "40.00, 42.00, 44.00", "–", "–", "–", "–", "reference", "–"],
+        # differences 1, 3, 2: mean 2, sd 1: [-0.48, +4.48], p = 1 - sqrt(12 / 14) = 0.0742; 2 / 10 of the gap;
+        # std of 41, 45, 46: sqrt((9 + 1 + 4) / 2) = 2.65
+        ["semi", "44.00 ± 2.65", "41.00, 45.00, 46.00", "+2.00", "[-0.48, +4.48]", "0.074", "3", "within noise",
+         "20 %"],
+        # differences 0, 3, 3: mean 2, sd sqrt(3): [-2.30, +6.30], p 0.184; std of 40, 45, 47: sqrt(13) = 3.61
+        ["hinton", "44.00 ± 3.61", "40.00, 45.00, 47.00", "+2.00", "[-2.30, +6.30]", "0.184", "3", "within noise",
+         "20 %"],
+        ["pvkd", "47.00 ± 3.00", "44.00, 47.00, 50.00", "+5.00", "[+2.52, +7.48]", "0.013", "3", "gain", "50 %"],
+        # the gap itself: no share of itself; p = 1 - sqrt(300 / 302) = 0.0033
+        ["full", "52.00 ± 3.00", "49.00, 52.00, 55.00", "+10.00", "[+7.52, +12.48]", "0.003", "3", "gain", "–"],
+    ]
+    assert vs_semi.rows == [
+        ["semi", "44.00 ± 2.65", "41.00, 45.00, 46.00", "–", "–", "–", "–", "reference"],
+        # differences -1, 0, 1: mean 0, sd 1: [-2.48, +2.48], p 1
+        ["hinton", "44.00 ± 3.61", "40.00, 45.00, 47.00", "+0.00", "[-2.48, +2.48]", "1.000", "3", "within noise"],
+        # differences 3, 2, 4: mean 3, sd 1: [+0.52, +5.48], p = 1 - sqrt(27 / 29) = 0.0351
+        ["pvkd", "47.00 ± 3.00", "44.00, 47.00, 50.00", "+3.00", "[+0.52, +5.48]", "0.035", "3", "gain"],
+    ]
+    section = section_seed_studies([study], [], {})
+    text = " ".join(b for b in section.blocks if isinstance(b, str))
+    assert "1/8 of the train streets are labelled" in text and "Teachers (Cylinder3D) train 1200 steps" in text
+    assert "(train.semi, 1 mixed scan per labelled x unlabelled pair)" in text
+    assert "The 0.5x students train 1600 steps" in text and "semi-supervised teacher of seed 1 " in text
+    assert ("Label gap at 1600 steps (8/8 baseline minus the budget's, paired): 1/8: +10.00 points, 95 % interval "
+            "[+7.52, +12.48], p 0.003, 3 pairs: gain.") in text
+
+
 def test_baseline_found_or_absent_in_a_distill_seeds_study(tmp_path):
     # an older file: per-seed lists in the order of "seeds", the baseline named only by the others' comparisons
     older = {"seeds": [3, 4], "summary": {
@@ -178,7 +235,7 @@ def test_unreadable_study_files_give_notes(tmp_path):
     notes = [load_study(tmp_path / name)[1] for name in ("absent.json", "broken.json", "other.json", "empty.json")]
     assert notes[0].endswith("absent.json: not found (listed in report.seed_studies)")
     assert "not readable JSON" in notes[1]
-    assert "not a result of bench/distill_seeds.py or bench/label_budget.py" in notes[2]
+    assert "not a result of bench/distill_seeds.py, bench/label_budget.py or bench/semi_supervised.py" in notes[2]
     assert "no student with a score over seeds yet" in notes[3]
     assert all(load_study(tmp_path / n)[0] is None for n in ("absent.json", "broken.json", "other.json"))
 

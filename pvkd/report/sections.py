@@ -37,7 +37,7 @@ from pvkd.report.inputs import (
     read_tsv_series,
     teacher_name,
 )
-from pvkd.report.studies import LABEL_BUDGET, SeedTable, Study, numeric_key
+from pvkd.report.studies import LABEL_BUDGET, SEMI_SUPERVISED, SeedTable, Study, numeric_key
 from pvkd.stats import RULE, Paired
 
 
@@ -322,8 +322,9 @@ def seed_table(study: Study, table: SeedTable) -> Table:
     numeric = [*([True] if budget else []), False, True, True, True, True, True, True, False,
                *([True] if show_share else [])]
     steps = f"{table.steps} student steps, " if table.steps is not None else ""
+    title = f"{table.title[0].upper()}{table.title[1:]}, " if table.title else ""
     out = Table(header=header, rows=[], numeric=numeric,
-                caption=f"{steps}`{study.path}`: committed study, {_plural(len(table.seeds), 'seed')}, "
+                caption=f"{title}{steps}`{study.path}`: committed study, {_plural(len(table.seeds), 'seed')}, "
                         "not this pipeline run.")
     for r in table.rows:
         c = r.vs_baseline
@@ -355,8 +356,33 @@ def label_gaps(study: Study, table: SeedTable) -> str | None:
     return f"Label gap at {table.steps} steps ({full} baseline minus the budget's, paired): {gaps}."
 
 
+GAP_SHARE = ("Share of the label gap: the student's paired mean difference from the baseline divided by the label "
+             "gap's (all labels minus the budget's baseline, same steps, paired), shown only where the label gap's "
+             "own interval excludes 0.")
+
+
+def _semi_intro(study: Study, where: str) -> str:
+    n = study.notes
+    mixed = n.get("mixed_scans")
+    mixed = f", {_plural(mixed, 'mixed scan')} per labelled x unlabelled pair" if isinstance(mixed, int) else ""
+    steps = next((t.steps for t in study.tables if t.steps is not None), None)
+    seed = n.get("distilled_from_seed")
+    teacher = "the semi-supervised teacher" + (f" of seed {seed}" if seed is not None else "")
+    return (f"{where}: a teacher that learns from the unlabelled scans too. {n.get('budget') or 'Some'} of the "
+            "train streets are labelled, the others unlabelled. Teachers (Cylinder3D) train "
+            f"{n.get('teacher_steps') or 'the same'} steps of one labelled scan: supervised on the labelled scans "
+            "only, semi adding the unlabelled ones by the mean-teacher + LaserMix recipe "
+            f"(train.semi{mixed}); each keeps its final weights (semi: the mean teacher's). The 0.5x students "
+            f"train {steps or 'the same'} steps: baseline on the labelled scans only, semi by the same "
+            f"semi-supervised recipe with no big teacher, hinton and pvkd distilled from {teacher} with one "
+            "unlabelled scan added to each step, full with every street labelled. The last table asks whether the "
+            f"big teacher's knowledge survives compression: distilled against semi alone. {GAP_SHARE}")
+
+
 def _study_intro(study: Study) -> str:
     where = f"`{study.path}`" + (f", run on {study.device}" if study.device else "")
+    if study.kind == SEMI_SUPERVISED:
+        return _semi_intro(study, where)
     if study.kind != LABEL_BUDGET:
         teacher = study.teacher_miou.get(None)
         return (f"{where}: students distilled from one teacher" + (f" ({pct(teacher, 2)} % val mIoU)" if teacher
@@ -370,10 +396,7 @@ def _study_intro(study: Study) -> str:
             "teacher's pseudo-labels, hinton and pvkd add their distillation terms, lasermix adds to pvkd LaserMix "
             "of labelled with unlabelled scans. Each budget has its own teacher, "
             "trained on its labelled streets" + (f" for {lengths} steps" if lengths else "")
-            + (f" (val mIoU, one run each: {teachers})" if teachers else "") +
-            ". Share of the label gap: the student's paired mean difference from the baseline divided by the "
-            "label gap's (all labels minus the budget's baseline, same steps, paired), shown only where the label "
-            "gap's own interval excludes 0.")
+            + (f" (val mIoU, one run each: {teachers})" if teachers else "") + f". {GAP_SHARE}")
 
 
 def _figure_name(study: Study, taken: set[str]) -> str:

@@ -1,13 +1,15 @@
 """Committed seed studies (JSON under bench/results): each student's mIoU over seeds and its paired difference
 from the baseline.
 
-Two formats are read: a single-setting study (bench/distill_seeds.py, bench/augment_seeds.py:
-``summary: {student: {...}}``) and bench/label_budget.py's (``summary: {steps: {labelled streets:
-{student: {...}}}}``, one setting per step count and label budget). Both become a :class:`Study`
-of :class:`SeedTable` (one per step count) of :class:`SeedRow` (one per student and budget);
-values stay fractions of mIoU. Only each cell's per-seed scores are read: the statistics are
-computed here by :mod:`pvkd.stats`, the module the benches summarize with, so the report and the
-files agree by construction and an older file's summary is never trusted.
+Three formats are read: a single-setting study (bench/distill_seeds.py, bench/augment_seeds.py:
+``summary: {student: {...}}``), bench/label_budget.py's (``summary: {steps: {labelled streets:
+{student: {...}}}}``, one setting per step count and label budget) and bench/semi_supervised.py's
+(``summary: {teachers, students, students_vs_semi}``, three comparisons of one budget, each with its
+own baseline). All become a :class:`Study` of :class:`SeedTable` (one per step count or comparison)
+of :class:`SeedRow` (one per model and budget); values stay fractions of mIoU. Only each cell's
+per-seed scores are read: the statistics are computed here by :mod:`pvkd.stats`, the module the
+benches summarize with, so the report and the files agree by construction and an older file's
+summary is never trusted.
 """
 
 from __future__ import annotations
@@ -20,10 +22,14 @@ from pathlib import Path
 from pvkd.report.inputs import number
 from pvkd.stats import Paired, by_seed, numeric_key, paired, seed_order, share, spread
 
-DISTILL_SEEDS, LABEL_BUDGET = "distill_seeds", "label_budget"
+DISTILL_SEEDS, LABEL_BUDGET, SEMI_SUPERVISED = "distill_seeds", "label_budget", "semi_supervised"
 BASELINE = "baseline"  # the no-distillation student both benchmarks measure the others against
 LABEL_BUDGET_STUDENTS = ("baseline", "pseudo", "hinton", "pvkd", "lasermix")  # bench/label_budget.py's order
 REFERENCE = "reference"
+# bench/semi_supervised.py's comparisons: summary key, its baseline, the table's title
+SEMI_TABLES = (("teachers", "supervised", "teachers (supervised against semi-supervised)"),
+               ("students", BASELINE, "0.5x students against the labelled-only one"),
+               ("students_vs_semi", "semi", "distilled 0.5x students against the one trained semi-supervised alone"))
 
 
 @dataclass
@@ -54,6 +60,7 @@ class SeedTable:
     steps: int | None
     rows: list[SeedRow]
     label_gaps: dict[int, Paired] = field(default_factory=dict)  # labelled streets -> all-labels minus its baseline
+    title: str | None = None  # what the table compares, where a study has several comparisons (semi_supervised)
 
     @property
     def seeds(self) -> list[str]:
@@ -63,13 +70,14 @@ class SeedTable:
 @dataclass
 class Study:
     path: Path
-    kind: str  # DISTILL_SEEDS | LABEL_BUDGET
+    kind: str  # DISTILL_SEEDS | LABEL_BUDGET | SEMI_SUPERVISED
     tables: list[SeedTable]
     teacher_miou: dict[int | None, float]  # per labelled streets (label_budget); {None: mIoU} for distill_seeds
     baseline: str | None = BASELINE  # the student the others are compared with
     total_streets: int | None = None  # label_budget: the train streets a budget is a share of
     teacher_steps: int | list[int] | None = None  # label_budget: the teachers' training steps
     device: str = ""
+    notes: dict = field(default_factory=dict)  # semi_supervised: budget, teacher steps, the distilled teacher's seed
 
     @property
     def models(self) -> list[str]:
@@ -170,6 +178,46 @@ def _label_budget(path: Path, data: dict) -> Study:
                  teacher_steps=steps if isinstance(steps, int | list) else None, device=str(data.get("device") or ""))
 
 
+def _semi_supervised(path: Path, data: dict) -> Study:
+    """Three tables of one budget: teachers against the supervised one, students against the labelled-only one
+    (with the label gap, all labels minus labelled-only, and each student's share of it), and the distilled
+    students against the semi-supervised one."""
+    labelled, total = _fraction(data.get("budget"))
+    steps = data.get("steps") if isinstance(data.get("steps"), int) else None
+    tables = []
+    for key, baseline, title in SEMI_TABLES:
+        cells = data["summary"].get(key)
+        rows = _rows({str(k): v for k, v in cells.items() if isinstance(v, dict)}, baseline) \
+            if isinstance(cells, dict) else []
+        if not rows:
+            continue
+        rows.sort(key=lambda r: not r.is_baseline)
+        table = SeedTable(None if key == "teachers" else steps, rows, title=title)
+        full = next((r for r in rows if r.model == "full"), None)
+        base = next((r for r in rows if r.is_baseline), None)
+        if key == "students" and full is not None and base is not None and labelled is not None:
+            gap = table.label_gaps[labelled] = paired(full.per_seed, base.per_seed)
+            for r in rows:
+                if r.vs_baseline is not None and r is not full:
+                    r.gap_share = share(r.vs_baseline, gap)
+        tables.append(table)
+    semi = next((r["effective"]["train"]["semi"] for r in data.get("runs", []) if isinstance(r, dict)
+                 and r.get("cell") == "semi-teacher" and isinstance(r.get("effective"), dict)), None)
+    notes = {"budget": data.get("budget"), "teacher_steps": data.get("teacher_steps"),
+             "distilled_from_seed": data.get("semi_teacher_seed_distilled"),
+             "mixed_scans": semi.get("mixed_scans") if isinstance(semi, dict) else None}
+    return Study(path, SEMI_SUPERVISED, tables, {}, total_streets=total, device=str(data.get("device") or ""),
+                 notes=notes)
+
+
+def _fraction(text) -> tuple[int | None, int | None]:
+    """"1/8" -> (1, 8); anything else -> (None, None)."""
+    parts = str(text).split("/")
+    if len(parts) == 2 and all(p.strip().isdigit() for p in parts):
+        return int(parts[0]), int(parts[1])
+    return None, None
+
+
 def load_study(path: str | Path) -> tuple[Study | None, str | None]:
     """The study in ``path``, or None and a note saying why it cannot be read."""
     path = Path(path)
@@ -181,8 +229,14 @@ def load_study(path: str | Path) -> tuple[Study | None, str | None]:
         return None, f"{path}: not readable JSON ({err})"
     summary = data.get("summary") if isinstance(data, dict) else None
     if not isinstance(summary, dict):
-        return None, f"{path}: no summary; not a result of bench/distill_seeds.py or bench/label_budget.py"
-    study = _label_budget(path, data) if "budgets" in data else _distill_seeds(path, data)
+        return None, (f"{path}: no summary; not a result of bench/distill_seeds.py, bench/label_budget.py or "
+                      "bench/semi_supervised.py")
+    if "budgets" in data:
+        study = _label_budget(path, data)
+    elif isinstance(summary.get("teachers"), dict):
+        study = _semi_supervised(path, data)
+    else:
+        study = _distill_seeds(path, data)
     if not study.tables:
         return None, f"{path}: no student with a score over seeds yet"
     return study, None
