@@ -1,4 +1,5 @@
-"""params.yaml and the full-size profiles (profiles/*.yaml: only what differs, merged by `pvkd profile`)."""
+"""params.yaml and its profiles (profiles/*.yaml: only what differs, merged by `pvkd profile`): the full-size ones
+and the label-efficient setting on the default synthetic data."""
 
 import shutil
 from pathlib import Path
@@ -17,7 +18,8 @@ from pvkd.synth import SynthConfig
 from pvkd.train.config import TrainConfig, merge_sections
 
 ROOT = Path(__file__).resolve().parents[1]
-PROFILES = ["semantickitti", "nuscenes", "synth64"]
+PROFILES = ["semantickitti", "nuscenes", "synth64"]  # full size
+ALL_PROFILES = [*PROFILES, "label_efficient"]
 
 
 def load(name):
@@ -38,13 +40,14 @@ def key_paths(tree, prefix=""):
     return paths
 
 
-@pytest.mark.parametrize("name", PROFILES)
+@pytest.mark.parametrize("name", ALL_PROFILES)
 def test_a_profile_only_sets_keys_params_yaml_has(name):
-    # a typo in a profile would otherwise add a key nothing reads
-    assert key_paths(load(f"profiles/{name}.yaml")) <= key_paths(load("params.yaml"))
+    # a typo in a profile would otherwise add a key nothing reads; teacher.train holds train keys (merged over it)
+    own = {k.replace("teacher.train.", "train.", 1) for k in key_paths(load(f"profiles/{name}.yaml"))}
+    assert own <= key_paths(load("params.yaml"))
 
 
-@pytest.mark.parametrize("name", [None, *PROFILES])
+@pytest.mark.parametrize("name", [None, *ALL_PROFILES])
 def test_profile_values_are_valid(name):
     p = load("params.yaml") if name is None else merged(name)
     SynthConfig.from_dict(p["synth"])
@@ -63,6 +66,29 @@ def test_synthetic_profiles_read_what_synth_writes(name):
     p = load("params.yaml") if name is None else merged(name)
     assert p["data"]["root"] == "data/raw/synthetic"
     assert p["data"]["splits"] == p["synth"]["sequences"]
+
+
+def test_label_efficient_profile_is_the_studys_setting_on_the_default_streets():
+    p, default = merged("label_efficient"), load("params.yaml")
+    splits = p["data"]["splits"]
+    # one labelled street, the other seven train streets unlabelled, val as the default; all written by synth
+    assert splits["train"] + splits["unlabelled"] == default["data"]["splits"]["train"]
+    assert splits["train"] == ["00"] and splits["val"] == default["data"]["splits"]["val"]
+    assert "unlabelled" not in p["data"]["labelled_splits"]  # preprocessed without its labels
+    assert set(p["preprocess"]["splits"]) == {"train", "val", "unlabelled"}
+    assert p["cache"]["splits"] == ["train", "unlabelled"]
+    # 1600 steps of one labelled scan for every model, as bench/semi_supervised.py
+    labelled_scans = p["synth"]["scans_per_sequence"] * len(splits["train"])
+    teacher = TrainConfig.from_dict(merge_sections(p["train"], p["teacher"]["train"]))
+    assert teacher.epochs * labelled_scans == 1600 and teacher.semi.splits == ["unlabelled"]
+    assert teacher.semi.mixed_scans == 1
+    for name, section in p["students"].items():
+        train = TrainConfig.from_dict(merge_sections(p["train"], section.get("train")), where=name)
+        distill = DistillConfig.from_dict(merge_sections(p["distill"], section.get("distill")), where=name)
+        assert train.epochs * labelled_scans == 1600, name
+        # the baseline reads the labelled scans only; semi trains by the recipe alone; the others distil on both
+        assert train.semi.splits == (["unlabelled"] if name == "semi" else []), name
+        assert distill.uses_unlabelled == (name not in ("baseline", "semi")), name
 
 
 def test_full_profiles_use_the_papers_grid_and_widths():
