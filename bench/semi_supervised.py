@@ -30,11 +30,12 @@ excludes 0.
 Every run has a folder keyed by the fingerprint of its effective params and inputs (the data's
 shards; a distilled student's teacher), reused only on a match; the result JSON is rewritten whole
 after every finished run and records each run's effective params and ``minutes``, the wall time of
-the invocation that finished it (a run resumed from its checkpoint counts its last part only). The semi-supervised step mixes
-one scan per labelled x unlabelled pair (``--mixed-scans 1``), not the anchor's two complements: at
-two, a semi-supervised teacher step costs 3.4 supervised ones on the CPU, and three of them with
-their supervised pairs and the students do not fit a session on 2 cores (``--mixed-scans 2`` runs
-the anchor's recipe).
+the invocation that finished it (a run resumed from its checkpoint counts its last part only).
+
+The semi-supervised step mixes one scan per labelled x unlabelled pair (``--mixed-scans 1``), not
+the anchor's two complements: at two, a semi-supervised teacher step costs 3.4 supervised ones on
+the CPU, and three of them with their supervised pairs and the students do not fit a session on 2
+cores (``--mixed-scans 2`` runs the anchor's recipe).
 """
 
 from __future__ import annotations
