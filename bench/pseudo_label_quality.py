@@ -37,35 +37,27 @@ RANGE_BANDS = (0.0, 10.0, 15.0, 20.0)  # metres; the last band is open
 
 def counts(model: torch.nn.Module, data: Path, split: str, sequences: list[str] | None, threshold: float,
            classes: int) -> dict[str, np.ndarray]:
-    """Point counts over the scans: ``confident[true, pseudo]``, ``argmax[true, predicted]``, and per range band
-    ``confident_by_range`` / ``argmax_by_range`` [band, true, class]."""
+    """Labelled point counts over the scans, per range band: ``confident[band, true, pseudo]`` (confident points
+    only) and ``argmax[band, true, predicted]`` (every point); totals are their sums."""
     ds = ScanDataset(data, split)
     rows = ds.rows
     positions = np.flatnonzero(rows["sequence"].isin(sequences).to_numpy()) if sequences else np.arange(len(rows))
     if len(positions) == 0:
         raise SystemExit(f"{data}/{split}: no scan of sequences {sequences}")
-    n_bands = len(RANGE_BANDS)
-    out = {"confident": np.zeros((classes, classes), np.int64), "argmax": np.zeros((classes, classes), np.int64),
-           "confident_by_range": np.zeros((n_bands, classes, classes), np.int64),
-           "argmax_by_range": np.zeros((n_bands, classes, classes), np.int64), "all": np.zeros(classes, np.int64)}
+    shape = (len(RANGE_BANDS), classes, classes)
+    out = {"confident": np.zeros(shape, np.int64), "argmax": np.zeros(shape, np.int64)}
     with torch.no_grad():
         for position in positions:
             scan = ds[(0, int(position))]
             batch = PointBatch.from_scans([(torch.from_numpy(scan["xyz"]), torch.from_numpy(scan["intensity"]))])
             prob = torch.softmax(model(batch).point_logits.float(), 1)
-            confidence, pseudo = prob.max(1)  # over all classes, as train.semi's pseudo-labels
-            label = torch.from_numpy(scan["label"].astype(np.int64))
-            labelled = label > 0
+            confidence, pseudo = (t.numpy() for t in prob.max(1))  # over all classes, as train.semi's pseudo-labels
+            label = scan["label"].astype(np.int64)
+            keep = label > 0
+            sure = keep & (confidence >= threshold)
             band = np.searchsorted(RANGE_BANDS, np.linalg.norm(scan["xyz"], axis=1), side="right") - 1
-            sure = (confidence >= threshold).numpy() & labelled.numpy()
-            arg = predict(prob).numpy()
-            t, p = label.numpy(), pseudo.numpy()
-            keep = labelled.numpy()
-            np.add.at(out["confident"], (t[sure], p[sure]), 1)
-            np.add.at(out["argmax"], (t[keep], arg[keep]), 1)
-            np.add.at(out["confident_by_range"], (band[sure], t[sure], p[sure]), 1)
-            np.add.at(out["argmax_by_range"], (band[keep], t[keep], arg[keep]), 1)
-            np.add.at(out["all"], t[keep], 1)
+            np.add.at(out["confident"], (band[sure], label[sure], pseudo[sure]), 1)
+            np.add.at(out["argmax"], (band[keep], label[keep], predict(prob).numpy()[keep]), 1)
     return out
 
 
@@ -78,9 +70,11 @@ def top(row: np.ndarray, names: list[str], k: int = 4) -> dict[str, float]:
     return {names[i]: round(100 * row[i] / total, 1) for i in order if row[i] > 0}
 
 
-def summarize(c: dict[str, np.ndarray], names: list[str], focus: list[str]) -> dict:
+def summarize(by_range: dict[str, np.ndarray], names: list[str], focus: list[str]) -> dict:
     """Per class: confident share, confidently wrong share, where confident labels of its points go, and the
     precision of confident labels of that class; per focus class the same by range band."""
+    c = {"confident": by_range["confident"].sum(0), "argmax": by_range["argmax"].sum(0),
+         "all": by_range["argmax"].sum((0, 2))}
     per_class = {}
     for i, name in enumerate(names):
         if i == 0 or c["all"][i] == 0:
@@ -96,25 +90,24 @@ def summarize(c: dict[str, np.ndarray], names: list[str], focus: list[str]) -> d
             "confident_label_precision_pct": round(100 * c["confident"][i, i] / predicted, 1) if predicted else None,
             "confident_label_is_truly_pct": top(c["confident"][:, i], names),
         }
-    by_range = {}
+    bands_of = {}
     for name in focus:
         i = names.index(name)
         bands = {}
         for b, low in enumerate(RANGE_BANDS):
             high = RANGE_BANDS[b + 1] if b + 1 < len(RANGE_BANDS) else None
             label = f"{low:g}-{high:g} m" if high is not None else f">= {low:g} m"
-            bands[label] = {"points": int(c["argmax_by_range"][b, i].sum()),
-                            "argmax_goes_to_pct": top(c["argmax_by_range"][b, i], names),
-                            "confident_labels_go_to_pct": top(c["confident_by_range"][b, i], names),
-                            "confident_pct": round(100 * c["confident_by_range"][b, i].sum()
-                                                   / max(1, c["argmax_by_range"][b, i].sum()), 1)}
-        by_range[name] = bands
+            argmax, confident = by_range["argmax"][b, i], by_range["confident"][b, i]
+            bands[label] = {"points": int(argmax.sum()), "argmax_goes_to_pct": top(argmax, names),
+                            "confident_labels_go_to_pct": top(confident, names),
+                            "confident_pct": round(100 * confident.sum() / max(1, argmax.sum()), 1)}
+        bands_of[name] = bands
     total = c["all"][1:].sum()
     shares = {"confident_pct": round(100 * c["confident"].sum() / total, 1),
               "true_class_pct": {n: round(100 * c["all"][i] / total, 1) for i, n in enumerate(names) if i},
               "confident_label_pct": {n: round(100 * c["confident"][:, i].sum() / max(1, c["confident"].sum()), 1)
                                       for i, n in enumerate(names) if i}}
-    return {"overall": shares, "per_class": per_class, "by_range": by_range}
+    return {"overall": shares, "per_class": per_class, "by_range": bands_of}
 
 
 def main() -> None:

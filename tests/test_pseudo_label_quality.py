@@ -16,19 +16,18 @@ NAMES = ["unlabeled", "building", "fence"]
 
 @pytest.fixture
 def counts():
-    bands = len(plq.RANGE_BANDS)
-    c = {"all": np.array([0, 10, 5]),
-         # rows: true class; columns: the confident label (over all classes, as train.semi)
-         "confident": np.array([[0, 0, 0], [0, 6, 2], [0, 1, 4]]),
-         "argmax": np.array([[0, 0, 0], [0, 7, 3], [0, 0, 5]]),
-         "confident_by_range": np.zeros((bands, 3, 3), int), "argmax_by_range": np.zeros((bands, 3, 3), int)}
+    # [band, true class, label]: the confident label (over all classes, as train.semi) and the arg-max prediction.
+    # Totals: building 10 points, 8 confident (6 building, 2 fence), arg-max 7 building, 3 fence; fence 5 points,
+    # all confident (1 building, 4 fence), arg-max 5 fence
+    shape = (len(plq.RANGE_BANDS), 3, 3)
+    c = {"confident": np.zeros(shape, int), "argmax": np.zeros(shape, int)}
     # building: 4 points under 10 m (1 called building, 3 fence; 2 confident, both fence), 6 at 15-20 m
-    c["argmax_by_range"][0, 1] = [0, 1, 3]
-    c["confident_by_range"][0, 1] = [0, 0, 2]
-    c["argmax_by_range"][2, 1] = [0, 6, 0]
-    c["confident_by_range"][2, 1] = [0, 6, 0]
-    c["argmax_by_range"][0, 2] = [0, 0, 5]
-    c["confident_by_range"][0, 2] = [0, 1, 4]
+    c["argmax"][0, 1] = [0, 1, 3]
+    c["confident"][0, 1] = [0, 0, 2]
+    c["argmax"][2, 1] = [0, 6, 0]
+    c["confident"][2, 1] = [0, 6, 0]
+    c["argmax"][0, 2] = [0, 0, 5]
+    c["confident"][0, 2] = [0, 1, 4]
     return c
 
 
