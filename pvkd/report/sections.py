@@ -322,7 +322,7 @@ def seed_table(study: Study, table: SeedTable) -> Table:
     numeric = [*([True] if budget else []), False, True, True, True, True, True, True, False,
                *([True] if show_share else [])]
     steps = f"{table.steps} student steps, " if table.steps is not None else ""
-    title = f"{table.title[0].upper()}{table.title[1:]}, " if table.title else ""
+    title = f"{table.title}, " if table.title else ""
     out = Table(header=header, rows=[], numeric=numeric,
                 caption=f"{title}{steps}`{study.path}`: committed study, {_plural(len(table.seeds), 'seed')}, "
                         "not this pipeline run.")

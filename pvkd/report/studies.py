@@ -27,9 +27,9 @@ BASELINE = "baseline"  # the no-distillation student both benchmarks measure the
 LABEL_BUDGET_STUDENTS = ("baseline", "pseudo", "hinton", "pvkd", "lasermix")  # bench/label_budget.py's order
 REFERENCE = "reference"
 # bench/semi_supervised.py's comparisons: summary key, its baseline, the table's title
-SEMI_TABLES = (("teachers", "supervised", "teachers (supervised against semi-supervised)"),
+SEMI_TABLES = (("teachers", "supervised", "Teachers (supervised against semi-supervised)"),
                ("students", BASELINE, "0.5x students against the labelled-only one"),
-               ("students_vs_semi", "semi", "distilled 0.5x students against the one trained semi-supervised alone"))
+               ("students_vs_semi", "semi", "Distilled 0.5x students against the one trained semi-supervised alone"))
 
 
 @dataclass
@@ -145,6 +145,15 @@ def _total_streets(data: dict, budgets: dict) -> int | None:
     return totals.pop() if len(totals) == 1 else None
 
 
+def _label_gap(table: SeedTable, streets: int, full: dict[str, float], base: SeedRow, rows: list[SeedRow]) -> None:
+    """The label gap at ``streets`` labelled (all labels minus ``base``, paired) into ``table``, and each of
+    ``rows``' share of it."""
+    gap = table.label_gaps[streets] = paired(full, base.per_seed)
+    for r in rows:
+        if r.vs_baseline is not None:
+            r.gap_share = share(r.vs_baseline, gap)
+
+
 def _label_budget(path: Path, data: dict) -> Study:
     budgets = data.get("budgets") if isinstance(data.get("budgets"), dict) else {}
     teacher = {int(k): number(b.get("teacher_miou")) for k, b in budgets.items()
@@ -166,10 +175,7 @@ def _label_budget(path: Path, data: dict) -> Study:
             for r in found:
                 r.streets = int(streets)
             if full and base is not None and int(streets) != total:
-                gap = table.label_gaps[int(streets)] = paired(full, base.per_seed)
-                for r in found:
-                    if r.vs_baseline is not None:
-                        r.gap_share = share(r.vs_baseline, gap)
+                _label_gap(table, int(streets), full, base, found)
             table.rows += found
         if table.rows:
             tables.append(table)
@@ -196,10 +202,7 @@ def _semi_supervised(path: Path, data: dict) -> Study:
         full = next((r for r in rows if r.model == "full"), None)
         base = next((r for r in rows if r.is_baseline), None)
         if key == "students" and full is not None and base is not None and labelled is not None:
-            gap = table.label_gaps[labelled] = paired(full.per_seed, base.per_seed)
-            for r in rows:
-                if r.vs_baseline is not None and r is not full:
-                    r.gap_share = share(r.vs_baseline, gap)
+            _label_gap(table, labelled, full.per_seed, base, [r for r in rows if r is not full])
         tables.append(table)
     semi = next((r["effective"]["train"]["semi"] for r in data.get("runs", []) if isinstance(r, dict)
                  and r.get("cell") == "semi-teacher" and isinstance(r.get("effective"), dict)), None)
