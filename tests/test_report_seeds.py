@@ -152,7 +152,7 @@ def test_label_budget_study_by_hand(studies):
          "within noise", "–"],
         ["8/8", "baseline", "52.00 ± 3.00", "49.00, 52.00, 55.00", "–", "–", "–", "–", "reference", "–"],
     ]
-    assert short.caption == f"400 student steps, `{studies[1]}`: committed study, 4 seeds, not this pipeline run."
+    assert short.caption == f"400 student steps, `{studies[1]}`: committed study, up to 4 seeds, not this pipeline run."
     # one pair: its difference, but no interval, no p, no verdict either way; no 8/8 run, no label gap
     assert long.header[-1] == "verdict"
     assert long.rows == [
@@ -267,7 +267,7 @@ def test_report_has_the_section_after_the_headline(built):
     md = report.markdown.read_text()
     headings = [line[3:] for line in md.splitlines() if line.startswith("## ")]
     assert headings[:3] == ["Headline", TITLE, "Per-class IoU"]
-    assert f"400 student steps, `{studies[1]}`: committed study, 4 seeds, not this pipeline run." in md
+    assert f"400 student steps, `{studies[1]}`: committed study, up to 4 seeds, not this pipeline run." in md
     assert f"`{studies[0]}`: committed study, 3 seeds, not this pipeline run." in md
     assert "| 1/8 | pvkd | 41.00 ± 6.16 | 36.00, 39.00, 39.00, 50.00 | +6.00 | [+3.52, +8.48] | 0.009 | 3 | gain |" \
         in md

@@ -323,8 +323,10 @@ def seed_table(study: Study, table: SeedTable) -> Table:
                *([True] if show_share else [])]
     steps = f"{table.steps} student steps, " if table.steps is not None else ""
     title = f"{table.title}, " if table.title else ""
+    # a row that lacks some of the table's seeds is compared over fewer: its "pairs" cell says how many
+    some = "" if all(len(r.per_seed) == len(table.seeds) for r in table.rows) else "up to "
     out = Table(header=header, rows=[], numeric=numeric,
-                caption=f"{title}{steps}`{study.path}`: committed study, {_plural(len(table.seeds), 'seed')}, "
+                caption=f"{title}{steps}`{study.path}`: committed study, {some}{_plural(len(table.seeds), 'seed')}, "
                         "not this pipeline run.")
     for r in table.rows:
         c = r.vs_baseline
@@ -358,7 +360,7 @@ def label_gaps(study: Study, table: SeedTable) -> str | None:
 
 GAP_SHARE = ("Share of the label gap: the student's paired mean difference from the baseline divided by the label "
              "gap's (all labels minus the budget's baseline, same steps, paired), shown only where the label gap's "
-             "own interval excludes 0.")
+             "own interval excludes 0 and the student has an interval (2 pairs or more).")
 
 
 def _semi_intro(study: Study, where: str) -> str:
