@@ -100,6 +100,21 @@ def test_full_profiles_use_the_papers_grid_and_widths():
         assert p["students"]["baseline"]["distill"] == load("params.yaml")["students"]["baseline"]["distill"]
 
 
+def test_full_profiles_carry_the_released_lasermix_weights_and_stay_off():
+    # configs/lasermix/lasermix_cy3d_semi_{semantickitti,nuscenes}_10.py of the LaserMix repository
+    released = {"semantickitti": {"threshold": 0.9, "mix_weight": 1.0, "consistency_weight": 250.0,
+                                  "bands": [4, 5, 6, 7, 8], "pitch_deg": [-25.0, 3.0]},
+                "nuscenes": {"threshold": 0.95, "mix_weight": 1.0, "consistency_weight": 500.0,
+                             "bands": [3, 4, 5, 6], "pitch_deg": [-30.0, 10.0]}}
+    for name, want in released.items():
+        train = merged(name)["train"]
+        semi = TrainConfig.from_dict(train).semi
+        assert semi.split is None  # on only where a user names the unlabelled split
+        assert (semi.threshold, semi.mix_weight, semi.consistency_weight, list(semi.bands)) == (
+            want["threshold"], want["mix_weight"], want["consistency_weight"], want["bands"])
+        assert train["augment"]["lasermix"]["pitch_deg"] == want["pitch_deg"]
+
+
 def test_named_sections_are_replaced_whole():
     # the SemanticKITTI profile's synth writes one train street, not the default's val streets too
     assert merged("semantickitti")["synth"]["sequences"] == {"train": ["00"]}

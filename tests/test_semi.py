@@ -51,6 +51,20 @@ def test_mean_teacher_is_the_exponential_average_of_the_weights():
     assert averaged.model[1].num_batches_tracked.item() == 7  # integer buffers are copied
 
 
+def test_the_mean_teacher_predicts_with_batch_statistics_but_without_dropout():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.BatchNorm1d(2, momentum=0.5), nn.Dropout(0.9))
+    teacher = MeanTeacher(model, decay=0.5, buffers="own")
+    x = torch.tensor([[1.0, 10.0], [3.0, 30.0]])  # batch mean (2, 20), biased std (1, 10)
+    first, second = teacher.predict(x), teacher.predict(x)
+    # batch statistics: each column standardised to -1, +1 (eps aside); dropout would zero ~90 % and scale by 10
+    assert torch.allclose(first, torch.tensor([[-1.0, -1.0], [1.0, 1.0]]), atol=1e-4)
+    assert torch.equal(first, second)
+    # its own running mean moves: 0 -> 0.5 * (2, 20) -> 0.75 * (2, 20)
+    assert torch.allclose(teacher.model[0].running_mean, torch.tensor([1.5, 15.0]))
+    assert not teacher.model[1].training and teacher.model[0].training
+
+
 def test_bands_divide_the_sensors_fixed_pitch_range():
     # [-25, 3] in 4 bands: edges -18, -11, -4; points beyond the range go to the end bands
     xyz = at_pitch([-40, -24, -18.1, -17.9, -11.1, -10.9, -4.1, -3.9, 2.9, 10])

@@ -24,7 +24,8 @@ The anchor's recipe for label-scarce LiDAR segmentation (``train.semi``), writte
   forward of the model per step; here the model's predictions on the unlabelled points *inside the
   mixes* are held to the teacher's on the plain unlabelled scan (no extra forward, and LaserMix's
   point: a point's prediction should not depend on the bands around it). Labelled points get no
-  consistency term; the weight 200 was the anchor's for its own form.
+  consistency term. The released configs weight the mixed loss 1 and the consistency 250 (SemanticKITTI)
+  or 500 (nuScenes); params.yaml keeps the study's 2 and 200, the full-size profiles the released values.
 * **Mean teacher.** After every optimizer step ``theta_T <- d theta_T + (1 - d) theta``. With
   ``ema_buffers: own`` (the anchor's) its BatchNorm statistics are not averaged: it runs in train mode
   on the unlabelled scans (batch statistics) and keeps its own running statistics from those passes.
@@ -72,8 +73,12 @@ class MeanTeacher:
 
     @torch.no_grad()
     def predict(self, points: PointBatch):
-        # own buffers: BN on the batch's statistics, updating the teacher's running ones (the anchor's teacher)
+        # own buffers: BN on the batch's statistics, updating the teacher's running ones (the anchor's teacher).
+        # Only BN: dropout (SPVCNN's) stays off, or the pseudo-labels and their confidences would be noisy draws
         self.model.train(self.buffers == "own")
+        for module in self.model.modules():
+            if isinstance(module, nn.modules.dropout._DropoutNd):
+                module.eval()
         return self.model(points)
 
     def state_dict(self) -> dict:
