@@ -3,8 +3,10 @@
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import yaml
@@ -15,11 +17,29 @@ BASELINE_DISTILL = {"point_weight": 0.0, "voxel_weight": 0.0, "affinity_weight":
 
 
 def sh(*args, cwd):
+    """Run a command; its stdout and stderr. They go through files, not pipes: `dvc queue start` leaves daemons
+    that inherit them, and reading a pipe to its end would wait for as long as one of them lives (a queue worker
+    that never exits hung the test there, before its deadline could fail it)."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
-    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
-    assert done.returncode == 0, f"{args} failed:\n{done.stdout}\n{done.stderr}"
-    return done.stdout + done.stderr
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        done = subprocess.run(args, cwd=cwd, env=env, stdout=out, stderr=err, text=True)
+        out.seek(0), err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    assert done.returncode == 0, f"{args} failed:\n{stdout}\n{stderr}"
+    return stdout + stderr
+
+
+def stop_queue_workers(repo: Path) -> None:
+    """Kill the DVC queue workers of ``repo`` that are still alive (by their pid files), so none outlives a test."""
+    for pid_file in (repo / ".dvc" / "tmp" / "exps" / "celery").glob("*.pid"):
+        try:
+            pid = int(pid_file.read_text().split()[0])
+            # only a live queue worker: a finished one's pid may belong to another process by now
+            if b"queue-worker" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                os.kill(pid, signal.SIGKILL)
+        except (ValueError, IndexError, OSError):
+            pass  # gone already, or not a pid
 
 
 def stages_run(output: str) -> set[str]:

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
-from dvc_repo import BASELINE_DISTILL, TINY_STUDENT, make_repo, sh, stages_run, tiny_params
+from dvc_repo import BASELINE_DISTILL, TINY_STUDENT, make_repo, sh, stages_run, stop_queue_workers, tiny_params
 
 
 @pytest.fixture
@@ -113,7 +113,7 @@ def trained_student(repo: Path, name: str) -> tuple[str, dict]:
     return model, {k: v for k, v in train.items() if k not in ("scans_per_s", "data_wait_share")}  # not timings
 
 
-def test_queued_students_in_parallel_match_sequential_runs(repo, monkeypatch):
+def test_queued_students_in_parallel_match_sequential_runs(repo, monkeypatch, request):
     # threads from the environment, as the README starts queue workers: train.threads 0 reads OMP_NUM_THREADS
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     params = yaml.safe_load((repo / "params.yaml").read_text())
@@ -136,6 +136,7 @@ def test_queued_students_in_parallel_match_sequential_runs(repo, monkeypatch):
     queued = clones["queued"]
     for name, setting in settings.items():
         sh("dvc", "exp", "run", "--queue", "-n", name, "-S", setting, cwd=queued)
+    request.addfinalizer(lambda: stop_queue_workers(queued))  # a worker that does not exit must not outlive the test
     assert "Started '2' new experiments task queue workers" in sh("dvc", "queue", "start", "-j", "2", cwd=queued)
     deadline = time.monotonic() + 900  # a stuck worker fails the test instead of hanging CI
     while True:
