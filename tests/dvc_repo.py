@@ -24,7 +24,8 @@ def sh(*args, cwd):
            "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         done = subprocess.run(args, cwd=cwd, env=env, stdout=out, stderr=err, text=True)
-        out.seek(0), err.seek(0)
+        out.seek(0)
+        err.seek(0)
         stdout, stderr = out.read(), err.read()
     assert done.returncode == 0, f"{args} failed:\n{stdout}\n{stderr}"
     return stdout + stderr
